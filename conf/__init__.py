@@ -1,0 +1,1 @@
+"""mwga's packaged Hydra configs (installed as ``mwga_conf``)."""

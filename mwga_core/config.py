@@ -1,0 +1,62 @@
+"""The run config schema and its registration in Hydra's ConfigStore.
+
+The primary config (``conf/config.yaml``) starts from ``mwga_schema`` and picks one option per config
+group. Every registered component contributes its own option to its group, with its dataclass as the
+schema, so third-party components appear as ``descriptor=<name>`` without any YAML, and a misspelled
+field fails at composition time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from mwga_core.metrics import MetricSpec
+from mwga_core.plugin_host import PluginHost
+
+
+@dataclass
+class CacheConfig:
+    """Where reusable artefacts live (trained models, features)."""
+
+    dir: str = "${oc.env:MWGA_CACHE_DIR,'~/.cache/mwga'}"
+
+
+@dataclass
+class MwgaConfig:
+    """Top-level run config. Component groups are filled by the defaults list."""
+
+    dataset: Any = MISSING
+    motion: Any = MISSING
+    descriptor: Any = MISSING
+    gradient: Any = MISSING
+    projection: Any = MISSING
+    scorer: Any = MISSING
+    #: the method preset's label, shown in tables and results.json
+    method_name: str = "custom"
+    seed: int = 0
+    #: torch device for gradients and projection: cpu, cuda, cuda:1, ...
+    device: str = "cpu"
+    #: a clip whose mean flow magnitude (px per frame pair) is below this is treated as static
+    static_threshold: float = 0.01
+    eval: MetricSpec = field(default_factory=MetricSpec)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: write every query's full ranking to rankings.csv
+    save_rankings: bool = True
+
+
+def cache_path(config: CacheConfig | Any) -> Path:
+    return Path(str(config.dir)).expanduser()
+
+
+def register_configs(host: PluginHost) -> None:
+    """Store the run schema and one option per registered component in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="mwga_schema", node=MwgaConfig)
+    for group, registry in host.registries.items():
+        for spec in registry.specs():
+            store.store(group=group, name=spec.name, node=spec.default_config(), provider=spec.plugin)

@@ -1,0 +1,57 @@
+"""Gradient sources: per-clip (motion-weighted) gradient vectors, streamed in chunks.
+
+Built-in implementations (``plugins/gradients``):
+    simulated: the paper's eq. 4 simulation, a noisy random embedding of the HOOF descriptor.
+    none: no gradient; the descriptor itself is the feature (for descriptor-only baselines).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mwga_core.clips import AnalysedClips
+from mwga_core.context import RunContext
+from mwga_core.registry import ComponentConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class GradientConfig(ComponentConfig):
+    """Base config for gradient sources."""
+
+
+@dataclass
+class GradientChunk:
+    """Gradients of some clips.
+
+    Attributes:
+        indices: (n,) int64 positions of these clips in the :class:`AnalysedClips` they came from.
+        grads: (K, n, D) float32 tensor; K = number of checkpoints (1 unless ensembling).
+    """
+
+    indices: np.ndarray
+    grads: torch.Tensor
+
+
+class GradientSource(ABC):
+    """Per-clip gradients. ``prepare`` sees the training clips once before any ``iter_gradients``."""
+
+    def __init__(self, config: GradientConfig) -> None:
+        self.config = config
+
+    def prepare(self, train: AnalysedClips, ctx: RunContext) -> None:
+        """Fit or load whatever the source needs (a trained model, say). Default: nothing."""
+
+    @abstractmethod
+    def iter_gradients(self, clips: AnalysedClips, ctx: RunContext) -> Iterator[GradientChunk]:
+        """Yield the gradients of ``clips`` chunk by chunk, each clip exactly once, in any order."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

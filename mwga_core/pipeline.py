@@ -1,0 +1,191 @@
+"""The attribution pipeline: dataset -> flow -> descriptors -> gradients -> projection -> scores -> metrics.
+
+:func:`run_attribution` builds every component from the composed config first (so a bad value fails
+before any work), then runs the stages in order. See docs/architecture.md for the picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mwga_core.clips import AnalysedClips, ClipSet, Corpus
+from mwga_core.context import RunContext
+from mwga_core.datasets import Dataset
+from mwga_core.descriptors import Descriptor
+from mwga_core.errors import ConfigValueError, DataError
+from mwga_core.gradients import GradientSource
+from mwga_core.metrics import Evaluation, MetricSpec, evaluate
+from mwga_core.motion import MotionEstimator
+from mwga_core.plugin_host import PluginHost, get_host
+from mwga_core.projectors import Projector
+from mwga_core.scorers import Scorer
+
+
+@dataclass
+class Components:
+    """One instance of each component kind, as the config selects them."""
+
+    dataset: Dataset
+    motion: MotionEstimator
+    descriptor: Descriptor
+    gradient: GradientSource
+    projector: Projector
+    scorer: Scorer
+
+
+@dataclass
+class AttributionResult:
+    """Everything a run computed.
+
+    Attributes:
+        scores: (Q, N) float64 influence of each training clip on each query.
+        rankings: (Q, N) int64 training-clip indices, most influential first.
+        train_features, query_features: (K, N, P) and (K, Q, P) float32.
+    """
+
+    corpus: Corpus
+    scores: np.ndarray
+    rankings: np.ndarray
+    evaluation: Evaluation
+    train_features: np.ndarray
+    query_features: np.ndarray
+    static_training_ids: list[str]
+
+
+def build_components(cfg: DictConfig, host: PluginHost) -> Components:
+    """Instantiate the component of every group; a bad name or value raises a user error."""
+    components = Components(
+        dataset=host.build("dataset", cfg.dataset),
+        motion=host.build("motion", cfg.motion),
+        descriptor=host.build("descriptor", cfg.descriptor),
+        gradient=host.build("gradient", cfg.gradient),
+        projector=host.build("projection", cfg.projection),
+        scorer=host.build("scorer", cfg.scorer),
+    )
+    if (
+        components.scorer.uses_features
+        and components.descriptor.needs_flow
+        and not components.motion.produces_flow
+    ):
+        raise ConfigValueError(
+            "motion",
+            cfg.motion.name,
+            f"a flow estimator: descriptor {cfg.descriptor.name!r} needs optical flow",
+        )
+    return components
+
+
+def check_device(device: str) -> None:
+    """Fail early and clearly on a device torch cannot use."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigValueError("device", device, "a torch device such as cpu, cuda or cuda:0") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError("device", device, "cpu: no CUDA device is visible on this machine")
+
+
+def analyse(
+    clips: ClipSet, components: Components, ctx: RunContext, static_threshold: float
+) -> AnalysedClips:
+    """Run the motion and descriptor stages on one split."""
+    flows = components.motion.estimate(clips.frames, ctx) if components.motion.produces_flow else None
+    if flows is not None:
+        mean_motion = np.hypot(flows[..., 0], flows[..., 1]).reshape(len(clips), -1).mean(axis=1)
+        static = mean_motion < static_threshold
+    else:
+        static = np.zeros(len(clips), dtype=bool)
+    descriptors = components.descriptor.describe(clips.frames, flows, ctx)
+    if descriptors.shape[0] != len(clips) or not np.isfinite(descriptors).all():
+        raise RuntimeError(
+            f"descriptor {components.descriptor!r} returned shape {descriptors.shape} or non-finite values; "
+            f"expected ({len(clips)}, B) finite"
+        )
+    return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static)
+
+
+def featurize(clips: AnalysedClips, components: Components, ctx: RunContext) -> np.ndarray:
+    """Gradients of every clip, projected. Returns (K, N, P) float32."""
+    parts: dict[int, np.ndarray] = {}
+    with ctx.progress("gradients", len(clips)) as bar:
+        for chunk in components.gradient.iter_gradients(clips, ctx):
+            projected = np.stack(
+                [
+                    components.projector.project(chunk.grads[k], ctx).cpu().numpy()
+                    for k in range(chunk.grads.shape[0])
+                ]
+            )
+            for column, index in enumerate(chunk.indices):
+                if int(index) in parts:
+                    raise RuntimeError(f"gradient source {components.gradient!r} yielded clip {index} twice")
+                parts[int(index)] = projected[:, column]
+            bar.advance(len(chunk.indices))
+    missing = sorted(set(range(len(clips))) - set(parts))
+    if missing:
+        raise RuntimeError(
+            f"gradient source {components.gradient!r} yielded no gradient for clips {missing[:5]}"
+        )
+    return np.stack([parts[i] for i in range(len(clips))], axis=1).astype(np.float32)
+
+
+def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
+    """Run the whole pipeline for one composed config."""
+    host = host or get_host()
+    components = build_components(cfg, host)
+    spec = OmegaConf.to_object(cfg.eval) if not isinstance(cfg.eval, MetricSpec) else cfg.eval
+    if cfg.static_threshold < 0:
+        raise ConfigValueError("static_threshold", cfg.static_threshold, "a number >= 0")
+    if components.scorer.uses_features:
+        check_device(cfg.device)
+
+    with ctx.stage("dataset"):
+        corpus = components.dataset.load(ctx)
+        corpus.validate()
+    spec.validate(len(corpus.train))
+
+    static_ids: list[str] = []
+    if components.scorer.uses_features:
+        with ctx.stage("motion + descriptors"):
+            train = analyse(corpus.train, components, ctx, cfg.static_threshold)
+            queries = analyse(corpus.queries, components, ctx, cfg.static_threshold)
+        _refuse_static_queries(queries, cfg.static_threshold)
+        static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
+        if static_ids:
+            ctx.console.print(
+                f"[yellow]warning:[/] {len(static_ids)} training clip(s) show no motion "
+                f"(mean flow < static_threshold={cfg.static_threshold} px): {', '.join(static_ids[:5])}"
+                + (" ..." if len(static_ids) > 5 else "")
+            )
+        with ctx.stage("gradients + projection"):
+            components.gradient.prepare(train, ctx)
+            train_features = featurize(train, components, ctx)
+            query_features = featurize(queries, components, ctx)
+    else:
+        train_features = np.zeros((1, len(corpus.train), 0), dtype=np.float32)
+        query_features = np.zeros((1, len(corpus.queries), 0), dtype=np.float32)
+
+    with ctx.stage("scoring"):
+        scores = np.asarray(components.scorer.score(query_features, train_features, ctx), dtype=np.float64)
+    expected = (len(corpus.queries), len(corpus.train))
+    if scores.shape != expected or not np.isfinite(scores).all():
+        raise RuntimeError(
+            f"scorer {components.scorer!r} returned shape {scores.shape} or non-finite scores; expected {expected}"
+        )
+    rankings, evaluation = evaluate(
+        scores, corpus.queries.labels, corpus.train.labels, corpus.class_names, spec
+    )
+    return AttributionResult(corpus, scores, rankings, evaluation, train_features, query_features, static_ids)
+
+
+def _refuse_static_queries(queries: AnalysedClips, threshold: float) -> None:
+    if queries.static.any():
+        names = [clip_id for clip_id, s in zip(queries.clips.ids, queries.static, strict=True) if s]
+        raise DataError(
+            f"query clip(s) {', '.join(names)} show no motion (mean flow below static_threshold={threshold} px): "
+            "there is no motion to attribute. Use a moving query or lower static_threshold."
+        )
