@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except MwgaUserError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False)
         return error.exit_code
+    except BrokenPipeError:  # `mwga --help | head`: the reader left; not an error
+        sys.stderr.close()
     return 0
 
 

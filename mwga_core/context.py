@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ import numpy as np
 from rich.console import Console
 
 from mwga_core.progress import make_progress
+
+log = logging.getLogger("mwga")
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -61,4 +64,5 @@ class RunContext:
         yield info
         info["seconds"] = round(time.perf_counter() - start, 3)
         self.stage_log.append(info)
-        self.console.print(f"[dim]{name}: {info['status']} in {info['seconds']:.2f} s[/dim]")
+        # Under Hydra this reaches stderr and the job's log file (conf/config.yaml sets the handlers).
+        log.info(f"{name}: {info['status']} in {info['seconds']:.2f} s")

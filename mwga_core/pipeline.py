@@ -6,6 +6,7 @@ before any work), then runs the stages in order. See docs/architecture.md for th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ from mwga_core.motion import MotionEstimator
 from mwga_core.plugin_host import PluginHost, get_host
 from mwga_core.projectors import Projector
 from mwga_core.scorers import Scorer
+
+log = logging.getLogger("mwga")
 
 
 @dataclass
@@ -156,8 +159,8 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         _refuse_static_queries(queries, cfg.static_threshold)
         static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
         if static_ids:
-            ctx.console.print(
-                f"[yellow]warning:[/] {len(static_ids)} training clip(s) show no motion "
+            log.warning(
+                f"warning: {len(static_ids)} training clip(s) show no motion "
                 f"(mean flow < static_threshold={cfg.static_threshold} px): {', '.join(static_ids[:5])}"
                 + (" ..." if len(static_ids) > 5 else "")
             )
