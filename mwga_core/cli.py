@@ -19,6 +19,7 @@ from rich.table import Table
 
 from mwga_core.errors import MwgaUserError
 from mwga_core.report import table_console
+from mwga_core.reporting import report_command
 
 stderr = Console(stderr=True)
 stdout = table_console()
@@ -48,8 +49,25 @@ def plugins_command(args: list[str]) -> int:
     return 0
 
 
+def flow_eval_command(args: list[str]) -> int:
+    """``mwga flow-eval``: flow accuracy against the benchmark's true flow (see mwga_core/flow_eval.py)."""
+    from mwga_core.flow_eval import flow_eval_command as run_flow_eval
+
+    return run_flow_eval(args)
+
+
+def train_raft_command(args: list[str]) -> int:
+    """``mwga train-raft``: fit RAFT on the benchmark's exact flow (see plugins/motion/raft_net/train.py)."""
+    from mwga_plugins.motion.raft_net.train import main as train_raft
+
+    return train_raft(args)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plugins": plugins_command,
+    "train-raft": train_raft_command,
+    "report": report_command,
+    "flow-eval": flow_eval_command,
 }
 
 

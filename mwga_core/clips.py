@@ -37,6 +37,16 @@ class ClipSet:
     def num_frames(self) -> int:
         return int(self.frames.shape[1])
 
+    def subset(self, indices: np.ndarray | list[int]) -> ClipSet:
+        """The clips at ``indices``, in that order (labels, ids and gt_flow follow)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return ClipSet(
+            frames=self.frames[indices],
+            labels=self.labels[indices],
+            ids=[self.ids[i] for i in indices],
+            gt_flow=None if self.gt_flow is None else self.gt_flow[indices],
+        )
+
     def validate(self, split: str) -> None:
         """Raise :class:`DataError` naming the split and clip when the clips cannot be used."""
         if len(self.ids) == 0:
@@ -99,3 +109,17 @@ class AnalysedClips:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def subset(self, indices: np.ndarray | list[int]) -> AnalysedClips:
+        """The clips at ``indices`` with their flows, descriptors and static flags, in that order.
+
+        Position j of the subset is clip ``indices[j]`` of this set; gradient sources that derive
+        per-clip randomness from clip ids (not positions) give the same gradients either way.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        return AnalysedClips(
+            clips=self.clips.subset(indices),
+            flows=None if self.flows is None else self.flows[indices],
+            descriptors=None if self.descriptors is None else self.descriptors[indices],
+            static=self.static[indices] if len(self.static) == len(self) else self.static,
+        )

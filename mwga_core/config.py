@@ -36,8 +36,12 @@ class MwgaConfig:
     gradient: Any = MISSING
     projection: Any = MISSING
     scorer: Any = MISSING
+    #: the diffusion model that real gradient sources train and differentiate (model adapters)
+    model: Any = MISSING
     #: the method preset's label, shown in tables and results.json
     method_name: str = "custom"
+    #: the experiment preset's name (conf/experiment/); names the multirun folder, empty for plain runs
+    experiment_name: str = ""
     seed: int = 0
     #: torch device for gradients and projection: cpu, cuda, cuda:1, ...
     device: str = "cpu"
@@ -47,6 +51,11 @@ class MwgaConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: write every query's full ranking to rankings.csv
     save_rankings: bool = True
+    #: keep projected features in <cache.dir>/features/ and resume an interrupted featurization there
+    feature_store: bool = True
+    #: query clips: heldout (the dataset's real query clips) or generated (sampled from the trained
+    #: model, dataset.queries_per_pattern per class; needs a gradient source with a model)
+    query: str = "heldout"
 
 
 def cache_path(config: CacheConfig | Any) -> Path:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mwga_core.clips import AnalysedClips
+from mwga_core.clips import AnalysedClips, ClipSet
 from mwga_core.context import RunContext
 from mwga_core.registry import ComponentConfig
 
 if TYPE_CHECKING:
     import torch
+
+    from mwga_core.models import ModelAdapter
 
 
 @dataclass
@@ -43,11 +45,29 @@ class GradientChunk:
 class GradientSource(ABC):
     """Per-clip gradients. ``prepare`` sees the training clips once before any ``iter_gradients``."""
 
+    #: True for sources that differentiate a trained model: the pipeline calls :meth:`bind_model` with
+    #: the configured model adapter, and ``query=generated`` samples queries through
+    #: :meth:`generate_queries`.
+    uses_model: bool = False
+
     def __init__(self, config: GradientConfig) -> None:
         self.config = config
 
+    def bind_model(self, model: ModelAdapter) -> None:
+        """Receive the run's model adapter (config group ``model``); only called when ``uses_model``."""
+
+    def generate_queries(self, class_names: list[str], per_class: int, ctx: RunContext) -> ClipSet:
+        """Sample ``per_class`` query clips per class from the prepared model (``query=generated``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no model to sample queries from")
+
     def prepare(self, train: AnalysedClips, ctx: RunContext) -> None:
         """Fit or load whatever the source needs (a trained model, say). Default: nothing."""
+
+    def checkpoint_id(self) -> str | None:
+        """An identifier of the model weights the gradients come from (e.g. a hash of the checkpoint
+        files), valid after :meth:`prepare`. The feature store records it and refuses to mix features of
+        different checkpoints. Default: None (no model)."""
+        return None
 
     @abstractmethod
     def iter_gradients(self, clips: AnalysedClips, ctx: RunContext) -> Iterator[GradientChunk]:

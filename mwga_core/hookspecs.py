@@ -51,3 +51,8 @@ def mwga_register_projectors(register):
 @hookspec
 def mwga_register_scorers(register):
     """Register scorers: query and training features to influence scores (config group ``scorer``)."""
+
+
+@hookspec
+def mwga_register_models(register):
+    """Register model adapters: trainable diffusion models that gradients are taken of (config group ``model``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mwga_core.datasets import Dataset
 from mwga_core.descriptors import Descriptor
 from mwga_core.gradients import GradientSource
+from mwga_core.models import ModelAdapter
 from mwga_core.motion import MotionEstimator
 from mwga_core.projectors import Projector
 from mwga_core.registry import ComponentKind
@@ -17,6 +18,7 @@ KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("gradient source", "gradient", "mwga_register_gradient_sources", GradientSource),
     ComponentKind("projector", "projection", "mwga_register_projectors", Projector),
     ComponentKind("scorer", "scorer", "mwga_register_scorers", Scorer),
+    ComponentKind("model", "model", "mwga_register_models", ModelAdapter),
 )
 
 KINDS_BY_GROUP = {kind.group: kind for kind in KINDS}

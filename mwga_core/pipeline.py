@@ -17,8 +17,10 @@ from mwga_core.context import RunContext
 from mwga_core.datasets import Dataset
 from mwga_core.descriptors import Descriptor
 from mwga_core.errors import ConfigValueError, DataError
+from mwga_core.feature_store import FeatureStore, feature_key_parts
 from mwga_core.gradients import GradientSource
 from mwga_core.metrics import Evaluation, MetricSpec, evaluate
+from mwga_core.models import ModelAdapter
 from mwga_core.motion import MotionEstimator
 from mwga_core.plugin_host import PluginHost, get_host
 from mwga_core.projectors import Projector
@@ -37,6 +39,8 @@ class Components:
     gradient: GradientSource
     projector: Projector
     scorer: Scorer
+    #: the model adapter, built only when the gradient source differentiates a model
+    model: ModelAdapter | None = None
 
 
 @dataclass
@@ -68,6 +72,11 @@ def build_components(cfg: DictConfig, host: PluginHost) -> Components:
         projector=host.build("projection", cfg.projection),
         scorer=host.build("scorer", cfg.scorer),
     )
+    if components.gradient.uses_model:
+        if "model" not in cfg or OmegaConf.is_missing(cfg, "model"):
+            raise ConfigValueError("model", None, "a model adapter, e.g. model=video_denoiser")
+        components.model = host.build("model", cfg.model)
+        components.gradient.bind_model(components.model)
     if (
         components.scorer.uses_features
         and components.descriptor.needs_flow
@@ -112,28 +121,63 @@ def analyse(
     return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static)
 
 
-def featurize(clips: AnalysedClips, components: Components, ctx: RunContext) -> np.ndarray:
-    """Gradients of every clip, projected. Returns (K, N, P) float32."""
+def featurize(
+    clips: AnalysedClips, components: Components, ctx: RunContext, store: FeatureStore | None = None
+) -> np.ndarray:
+    """Gradients of every clip, projected. Returns (K, N, P) float32.
+
+    With a ``store``, clips it already holds are skipped (the gradient source sees only the subset still
+    missing) and every finished chunk is written to it, so an interrupted run resumes from there.
+    """
+    todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
+    pending = clips if len(todo) == len(clips) else clips.subset(todo)
     parts: dict[int, np.ndarray] = {}
-    with ctx.progress("gradients", len(clips)) as bar:
-        for chunk in components.gradient.iter_gradients(clips, ctx):
+    with ctx.progress("gradients", len(todo)) as bar:
+        for chunk in components.gradient.iter_gradients(pending, ctx) if len(todo) else ():
             projected = np.stack(
                 [
                     components.projector.project(chunk.grads[k], ctx).cpu().numpy()
                     for k in range(chunk.grads.shape[0])
                 ]
             )
-            for column, index in enumerate(chunk.indices):
+            indices = todo[np.asarray(chunk.indices, dtype=np.int64)]
+            for column, index in enumerate(indices):
                 if int(index) in parts:
                     raise RuntimeError(f"gradient source {components.gradient!r} yielded clip {index} twice")
                 parts[int(index)] = projected[:, column]
+            if store is not None:
+                store.write(indices, projected)
             bar.advance(len(chunk.indices))
-    missing = sorted(set(range(len(clips))) - set(parts))
+    missing = sorted(set(todo.tolist()) - set(parts))
     if missing:
         raise RuntimeError(
             f"gradient source {components.gradient!r} yielded no gradient for clips {missing[:5]}"
         )
+    if store is not None:
+        return store.read()
     return np.stack([parts[i] for i in range(len(clips))], axis=1).astype(np.float32)
+
+
+QUERY_SOURCES = ("heldout", "generated")
+
+
+def generate_queries(
+    corpus: Corpus, components: Components, ctx: RunContext, static_threshold: float
+) -> tuple[Corpus, AnalysedClips]:
+    """``query=generated``: replace the queries by clips sampled from the prepared model.
+
+    As many clips per class as the dataset has queries per class (``dataset.queries_per_pattern``),
+    labelled with the class they were conditioned on, then analysed like held-out queries.
+    """
+    known = corpus.queries.labels[corpus.queries.labels >= 0]
+    per_class = int(np.bincount(known).max()) if len(known) else 1
+    clips = components.gradient.generate_queries(corpus.class_names, per_class, ctx)
+    generated = Corpus(train=corpus.train, queries=clips, class_names=corpus.class_names)
+    generated.validate()
+    queries = analyse(clips, components, ctx, static_threshold)
+    if queries.static.any():
+        log.warning(f"warning: {int(queries.static.sum())} generated query clip(s) show almost no motion")
+    return generated, queries
 
 
 def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
@@ -145,6 +189,18 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         raise ConfigValueError("static_threshold", cfg.static_threshold, "a number >= 0")
     if components.scorer.uses_features:
         check_device(cfg.device)
+    query_source = cfg.get("query", "heldout")
+    if query_source not in QUERY_SOURCES:
+        raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
+    if query_source == "generated" and not (
+        components.scorer.uses_features and components.gradient.uses_model
+    ):
+        raise ConfigValueError(
+            "query",
+            query_source,
+            f"heldout: gradient {cfg.gradient.name!r} has no model to generate queries "
+            "from (use gradient=diffusion)",
+        )
 
     with ctx.stage("dataset"):
         corpus = components.dataset.load(ctx)
@@ -155,8 +211,10 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
     if components.scorer.uses_features:
         with ctx.stage("motion + descriptors"):
             train = analyse(corpus.train, components, ctx, cfg.static_threshold)
-            queries = analyse(corpus.queries, components, ctx, cfg.static_threshold)
-        _refuse_static_queries(queries, cfg.static_threshold)
+            generate = query_source == "generated"
+            queries = None if generate else analyse(corpus.queries, components, ctx, cfg.static_threshold)
+        if queries is not None:
+            _refuse_static_queries(queries, cfg.static_threshold)
         static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
         if static_ids:
             log.warning(
@@ -164,10 +222,22 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
                 f"(mean flow < static_threshold={cfg.static_threshold} px): {', '.join(static_ids[:5])}"
                 + (" ..." if len(static_ids) > 5 else "")
             )
-        with ctx.stage("gradients + projection"):
+        with ctx.stage("gradients + projection") as stage_info:
             components.gradient.prepare(train, ctx)
-            train_features = featurize(train, components, ctx)
-            query_features = featurize(queries, components, ctx)
+            if generate:
+                corpus, queries = generate_queries(corpus, components, ctx, cfg.static_threshold)
+            stores = {"train": None, "queries": None}
+            if cfg.get("feature_store", False):
+                checkpoint_id = components.gradient.checkpoint_id()
+                for split, clips in (("train", train), ("queries", queries)):
+                    parts = feature_key_parts(cfg, split, clips, checkpoint_id)
+                    stores[split] = FeatureStore.open(ctx.cache_dir, parts, ctx.console)
+                stored = sum(int(store.done.sum()) for store in stores.values())
+                if stored:
+                    total = len(train) + len(queries)
+                    stage_info["status"] = f"{stored} of {total} clips read from the feature store"
+            train_features = featurize(train, components, ctx, stores["train"])
+            query_features = featurize(queries, components, ctx, stores["queries"])
     else:
         train_features = np.zeros((1, len(corpus.train), 0), dtype=np.float32)
         query_features = np.zeros((1, len(corpus.queries), 0), dtype=np.float32)

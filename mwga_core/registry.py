@@ -152,6 +152,12 @@ class Registrar:
             and issubclass(config, ComponentConfig)
         ):
             raise TypeError(f"{where}: the config must be a dataclass subclassing ComponentConfig")
+        if "__dataclass_fields__" not in vars(config):
+            # An undecorated subclass inherits its parent's fields only: its own would vanish silently.
+            raise TypeError(
+                f"{where}: the config must be a dataclass subclassing ComponentConfig; "
+                f"decorate {config.__qualname__} with @dataclass"
+            )
         spec = ComponentSpec(kind.name, name, component, config, self._plugin, description)
         self._registry.add(spec)
         self.registered.append(name)

@@ -84,10 +84,14 @@ def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, An
             corpus.queries.ids, corpus.queries.labels, result.evaluation.per_query, strict=True
         )
     ]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # Where the cache lives changes no number; keeping the machine's path would make results.json
+    # differ between machines, users and MWGA_CACHE_DIR settings for the same config and seed.
+    config.pop("cache", None)
     return _clean(
         {
             "method": cfg.method_name,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": config,
             "corpus": {
                 "num_train": len(corpus.train),
                 "num_queries": len(corpus.queries),

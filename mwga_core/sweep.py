@@ -71,7 +71,14 @@ def write_sweep_summary(sweep_dir: Path, console: Console | None = None) -> Path
 
 
 class AggregateSweep(Callback):
-    """Hydra callback: write the sweep summary when a multirun ends."""
+    """Hydra callback: write the sweep summary when a multirun ends, and for an experiment preset
+    (``+experiment=...``) the paper's tables and figures into ``<sweep>/report`` (as ``mwga report``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_sweep_summary(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if write_sweep_summary(sweep_dir) is None or not config.get("experiment_name"):
+            return
+        from mwga_core.reporting.builder import build_report
+
+        report = build_report(sweep_dir)
+        table_console().print(f"report: {report.index}")

@@ -19,6 +19,8 @@ from mwga_core.descriptors import Descriptor, DescriptorConfig
 from mwga_core.errors import ConfigValueError
 
 NORMALISATIONS = ("l1", "l2", "none")
+#: directions within this many bin widths of a bin edge count as on the edge (float32 flow rounding)
+EDGE_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -41,7 +43,12 @@ def hoof_histograms(flows: np.ndarray, bins: int) -> np.ndarray:
     flat = flows.reshape(-1, flows.shape[-3] * flows.shape[-2], 2).astype(np.float64)
     magnitude = np.hypot(flat[..., 0], flat[..., 1])
     angle = np.mod(np.arctan2(flat[..., 1], flat[..., 0]), 2 * math.pi)
-    index = np.minimum((angle * (bins / (2 * math.pi))).astype(np.int64), bins - 1)
+    position = angle * (bins / (2 * math.pi))
+    # A direction exactly on a bin edge (a diagonal of ground-truth flow, say) can come out of atan2 a
+    # rounding error below the edge; snap it onto the edge so every bin is [lo, hi) as in eq. 2.
+    nearest = np.rint(position)
+    position = np.where(np.abs(position - nearest) < EDGE_TOLERANCE, nearest, position)
+    index = position.astype(np.int64) % bins  # position == bins is angle 2pi, i.e. bin 0
     index += (np.arange(flat.shape[0]) * bins)[:, None]  # one block of bins per frame pair
     counts = np.bincount(index.ravel(), weights=magnitude.ravel(), minlength=flat.shape[0] * bins)
     return counts.reshape(*lead, bins)

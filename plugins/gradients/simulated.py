@@ -9,8 +9,9 @@ stand-in, in a virtual parameter space of ``virtual_dim`` dimensions:
 
 with A a fixed (B, D) standard-normal matrix (the "Jacobian") and eps_i ~ N(0, I_D) drawn per clip from a
 seed derived from the clip id. ``||d_i||`` is eq. 3's motion weight; it cancels under cosine scoring. A
-Gaussian projection of g_i to P dims is distributed exactly like eq. 4's ``d_i W + eps_i`` (a Gaussian
-B x P map plus isotropic noise), so ``projection.dim`` plays the role of the paper's P.
+Gaussian projection of g_i to P dims is distributed like eq. 4's ``d_i W + eps_i`` up to the
+Johnson-Lindenstrauss approximation (for a fixed projection both terms are Gaussian with covariance
+proportional to W^T W ~ (D/P) I), so ``projection.dim`` plays the role of the paper's P.
 
 ``noise_scale`` is the ratio of noise to signal amplitude: E||noise||^2 / E||signal||^2 = noise_scale^2,
 so two clips with identical descriptors have expected cosine 1 / (1 + noise_scale^2). The paper does not

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mwga_core import hookimpl
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError
-from mwga_core.projectors import Projector, ProjectorConfig
+from mwga_core.projectors import Projector, ProjectorConfig, project_by_row_blocks
 
 #: rows of the projection matrix generated at once; part of the matrix's definition, not a tuning knob
 BLOCK_ROWS = 4096
@@ -37,16 +37,13 @@ class GaussianProjector(Projector):
     def project(self, grads, ctx: RunContext):
         import torch
 
-        n, d = grads.shape
-        p = self.config.dim
-        out = torch.zeros((n, p), dtype=torch.float32, device=grads.device)
-        scale = 1.0 / math.sqrt(p)
-        for block, start in enumerate(range(0, d, BLOCK_ROWS)):
-            rows = min(BLOCK_ROWS, d - start)
+        d, p = grads.shape[1], self.config.dim
+
+        def make_block(block: int, rows: int) -> torch.Tensor:
             generator = torch.Generator().manual_seed(ctx.seed_for("gaussian-projection", d, p, block))
-            matrix = torch.randn((rows, p), generator=generator, dtype=torch.float32).to(grads.device)
-            out += grads[:, start : start + rows].to(torch.float32) @ matrix
-        return out * scale
+            return torch.randn((rows, p), generator=generator, dtype=torch.float32)
+
+        return project_by_row_blocks(grads, p, make_block, BLOCK_ROWS, scale=1.0 / math.sqrt(p))
 
 
 @hookimpl

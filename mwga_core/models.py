@@ -1,0 +1,195 @@
+"""Model adapters: how mwga builds, noises, scores and samples a video diffusion model.
+
+An adapter wraps one kind of torch denoiser so the trainer (:mod:`mwga_core.training`) and the
+``diffusion`` gradient source can use it without knowing its architecture. Any torch model can be
+attributed by registering an adapter through the ``mwga_register_models`` hook (config group ``model``);
+``docs/hooks/mwga_register_models.md`` shows a complete example.
+
+The contract, in model space (``x`` is a clip as the model sees it, channels first):
+
+* :meth:`ModelAdapter.build` returns an ``nn.Module`` whose ``forward(x_t, t, labels)`` predicts the
+  noise ``eps`` (same shape as ``x_t``); ``labels`` is None for an unconditional model.
+* :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
+  [0, 1] and model space (N, C, T, H, W) in [-1, 1].
+* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`,
+  :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample` have DDPM / DDIM defaults.
+
+Built-in implementations (``plugins/models``):
+    video_denoiser: a small factorised space/time denoiser on a patchified latent grid, CPU-first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mwga_core.diffusion import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
+from mwga_core.errors import ConfigValueError
+from mwga_core.registry import ComponentConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class TrainingConfig:
+    """How the trainer fits the model (AdamW on the eps-prediction loss)."""
+
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    #: linear learning-rate warm-up steps, then cosine decay to 10% of lr
+    warmup: int = 50
+    #: training steps after which a checkpoint is saved (the last step is always saved)
+    checkpoints: list[int] = field(default_factory=lambda: [400, 800])
+    #: bfloat16 autocast for the forward pass (AMX on CPU); weights and optimiser stay float32
+    bf16: bool = True
+
+
+@dataclass
+class ModelConfig(ComponentConfig):
+    """Base config for model adapters: the noise schedule, sampling and training."""
+
+    #: condition on the motion class (a stand-in for a text prompt)
+    conditional: bool = True
+    #: beta schedule: linear or cosine
+    schedule: str = "cosine"
+    #: T, the number of diffusion steps
+    diffusion_steps: int = 1000
+    #: DDIM steps when sampling
+    sample_steps: int = 25
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+class ModelAdapter(ABC):
+    """Builds a denoiser and says how to noise, score and sample it. See the module docstring."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        c, tc = config, config.training
+        if c.schedule not in SCHEDULES:
+            raise ConfigValueError("schedule", c.schedule, f"one of {list(SCHEDULES)}")
+        if c.diffusion_steps < 2:
+            raise ConfigValueError("diffusion_steps", c.diffusion_steps, "an integer >= 2")
+        if not 1 <= c.sample_steps <= c.diffusion_steps:
+            raise ConfigValueError("sample_steps", c.sample_steps, f"an integer in [1, {c.diffusion_steps}]")
+        if tc.steps < 1:
+            raise ConfigValueError("training.steps", tc.steps, "an integer >= 1")
+        if tc.batch_size < 1:
+            raise ConfigValueError("training.batch_size", tc.batch_size, "an integer >= 1")
+        if tc.lr <= 0:
+            raise ConfigValueError("training.lr", tc.lr, "a number > 0")
+        if tc.warmup < 0:
+            raise ConfigValueError("training.warmup", tc.warmup, "an integer >= 0")
+        if any(not 1 <= s <= tc.steps for s in tc.checkpoints):
+            raise ConfigValueError("training.checkpoints", list(tc.checkpoints), f"steps in [1, {tc.steps}]")
+        self._schedule: NoiseSchedule | None = None
+
+    # -- architecture -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> torch.nn.Module:
+        """A freshly initialised denoiser for clips of ``clip_shape`` = (T, H, W, C).
+
+        The module's ``forward(x_t, t, labels)`` takes x_t (B, C, T, H, W), t (B,) int64 and labels
+        (B,) int64 or None, and returns eps (B, C, T, H, W). Initialise from torch's global RNG; the
+        trainer seeds it.
+        """
+
+    def temporal_parameter_names(self, module: torch.nn.Module) -> list[str]:
+        """Names of the parameters that mix information across frames (``params=temporal``)."""
+        return [name for name, _ in module.named_parameters() if "temporal" in name]
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames to model space.
+
+        Shape:
+            frames: (N, T, H, W, C) float in [0, 1]; returns (N, C, T, H, W) float32 in [-1, 1].
+        """
+        import torch
+
+        x = torch.as_tensor(np.asarray(frames, dtype=np.float32))
+        return (x.permute(0, 4, 1, 2, 3) * 2 - 1).contiguous()
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Model space back to frames (N, T, H, W, C) float32 in [0, 1]."""
+        frames = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
+        return frames.contiguous().numpy()
+
+    def loss_grid(self, clip_shape: tuple[int, int, int, int]) -> tuple[int, int, int]:
+        """(T, H, W) of the loss a per-pixel weight mask multiplies; pixel-space models: the frames."""
+        return clip_shape[0], clip_shape[1], clip_shape[2]
+
+    # -- diffusion ----------------------------------------------------------------------------------
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        if self._schedule is None:
+            self._schedule = make_schedule(self.config.schedule, self.config.diffusion_steps)
+        return self._schedule
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """DDPM forward noising. Shape: x0, noise (B, C, T, H, W); t (B,) or 0-d int64."""
+        return add_noise(self.schedule, x0, t, noise)
+
+    def per_example_loss(
+        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eps-prediction MSE per example, optionally weighted per pixel (MOTIVE's motion mask).
+
+        Shape:
+            prediction, noise: (B, C, T, H, W).
+            weight: None or broadcastable to (B, C, T, H, W), e.g. (B, 1, T, H, W).
+            returns: (B,), the mean over every other dimension of ``weight * (prediction - noise)^2``.
+        """
+        error = (prediction.float() - noise.float()) ** 2
+        if weight is not None:
+            error = error * weight
+        return error.flatten(1).mean(dim=1)
+
+    def dtrak_output(self, prediction: torch.Tensor) -> torch.Tensor:
+        """D-TRAK's output function, the mean squared norm of the prediction. (B, ...) -> (B,)."""
+        return (prediction.float() ** 2).flatten(1).mean(dim=1)
+
+    def sample(
+        self,
+        module: torch.nn.Module,
+        labels: torch.Tensor | None,
+        count: int,
+        clip_shape: tuple[int, int, int, int],
+        seed: int,
+        device: str = "cpu",
+    ) -> np.ndarray:
+        """Class-conditional DDIM samples, as frames.
+
+        Args:
+            labels: (count,) int64 classes to condition on, or None (unconditional).
+            clip_shape: (T, H, W, C).
+            seed: seeds the starting noise.
+
+        Returns:
+            (count, T, H, W, C) float32 frames in [0, 1].
+        """
+        import torch
+
+        t, h, w, c = clip_shape
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((count, c, t, h, w), generator=generator).to(device)
+        label_tensor = None if labels is None else labels.to(device)
+        module.eval()
+
+        def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+            return module(x_t, step, label_tensor)
+
+        with torch.no_grad():
+            x0 = ddim_sample(self.schedule, predict, noise, self.config.sample_steps)
+        return self.decode(x0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

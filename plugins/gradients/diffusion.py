@@ -1,0 +1,298 @@
+"""Real per-clip gradients of a trained video diffusion model (MOTIVE / D-TRAK style).
+
+``prepare`` trains the configured model (``model=...``) on the training clips, or loads it from the
+cache (:func:`mwga_core.training.load_or_train`). ``iter_gradients`` then computes, for every clip i,
+
+    g_i = w_i / F * grad_theta  mean_k  out(theta; x_i, t_k, eps_k, y_i)
+
+with ``torch.func.vmap(torch.func.grad(...), chunk_size=...)`` over ``functional_call``:
+
+* ``timesteps``: the t_k. MOTIVE uses one fixed timestep; D-TRAK averages several. Each t_k has ONE
+  noise draw eps_k shared by every clip, training and query alike (common randomness), seeded from the
+  run seed, so clips differ only by their content.
+* ``output``: ``loss`` (eps-prediction MSE) or ``dtrak`` (mean squared norm of the prediction).
+* ``weighting``: ``none``; ``scalar`` (eq. 3: w_i = ||d_i||, the descriptor norm); ``mask`` (MOTIVE: the
+  per-pixel flow magnitude, min-max normalised over the clip's frames and pixels with eps 1e-6, resized
+  to the model's loss grid, multiplies the squared error, or the squared prediction for ``dtrak``).
+* ``frame_normalize``: the 1/F factor (F frames) that keeps clips of different length comparable.
+* ``params``: ``all``, ``temporal`` (the adapter's across-frame parameters) or a regular expression
+  searched in parameter names.
+* ``checkpoints``: the saved steps to differentiate (empty = the last); K of them give K gradient sets.
+
+Conditioning: a class-conditional model sees each clip's label. Training clips use their true label; a
+query's label is its *intended* motion class, as a prompt would be for a text-to-video model (held-out
+queries: the class they were drawn from; generated queries: the class they were sampled for).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mwga_core import hookimpl
+from mwga_core.clips import AnalysedClips, ClipSet
+from mwga_core.context import RunContext
+from mwga_core.errors import ConfigValueError
+from mwga_core.gradients import GradientChunk, GradientConfig, GradientSource
+
+if TYPE_CHECKING:
+    import torch
+
+    from mwga_core.models import ModelAdapter
+    from mwga_core.training import TrainedModel
+
+OUTPUTS = ("loss", "dtrak")
+WEIGHTINGS = ("none", "scalar", "mask")
+MASK_EPS = 1e-6
+
+
+@dataclass
+class DiffusionGradientConfig(GradientConfig):
+    """Which gradient of the trained model, per clip (see the module docstring)."""
+
+    #: diffusion timesteps t_k; one shared noise draw each; the gradient is their average
+    timesteps: list[int] = field(default_factory=lambda: [500])
+    #: loss (eps-prediction MSE) or dtrak (mean squared norm of the prediction)
+    output: str = "loss"
+    #: none, scalar (eq. 3's ||d_i||) or mask (MOTIVE's per-pixel flow-magnitude mask)
+    weighting: str = "mask"
+    #: scale by 1/F (F = frames per clip)
+    frame_normalize: bool = True
+    #: all, temporal, or a regular expression searched in parameter names
+    params: str = "all"
+    #: checkpoint steps to differentiate; empty = the last one
+    checkpoints: list[int] = field(default_factory=list)
+    #: clips per vmap chunk (memory vs speed)
+    chunk_size: int = 16
+    #: bfloat16 autocast in the gradient forward pass
+    bf16: bool = False
+
+
+def motion_mask(flows: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """MOTIVE's loss-space motion mask.
+
+    Frame f gets the mean flow magnitude of the frame pairs it belongs to; the clip's map is min-max
+    normalised over all its frames and pixels (eps 1e-6) and area-resized to ``grid``.
+
+    Shape:
+        flows: (N, T-1, H, W, 2); grid: (T', H', W'); returns (N, T', H', W') float32 in [0, 1].
+    """
+    import torch
+
+    magnitude = np.hypot(flows[..., 0], flows[..., 1]).astype(np.float32)  # (N, T-1, H, W)
+    per_frame = np.concatenate([magnitude[:, :1], magnitude], axis=1)
+    per_frame[:, 1:-1] = 0.5 * (magnitude[:, :-1] + magnitude[:, 1:])
+    per_frame[:, -1] = magnitude[:, -1]
+    n = per_frame.shape[0]
+    flat = per_frame.reshape(n, -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    normalised = ((flat - low) / (high - low + MASK_EPS)).reshape(per_frame.shape)
+    mask = torch.from_numpy(normalised)[:, None]
+    if tuple(mask.shape[2:]) != tuple(grid):
+        mask = torch.nn.functional.adaptive_avg_pool3d(mask, grid)
+    return mask[:, 0].numpy().astype(np.float32)
+
+
+class DiffusionGradient(GradientSource):
+    """Per-clip gradients of a diffusion model trained on the corpus, via torch.func."""
+
+    uses_model = True
+
+    def __init__(self, config: DiffusionGradientConfig) -> None:
+        super().__init__(config)
+        c = config
+        if not c.timesteps:
+            raise ConfigValueError("timesteps", list(c.timesteps), "a non-empty list of integers >= 0")
+        if any(t < 0 for t in c.timesteps):
+            raise ConfigValueError("timesteps", list(c.timesteps), "integers >= 0")
+        if c.output not in OUTPUTS:
+            raise ConfigValueError("output", c.output, f"one of {list(OUTPUTS)}")
+        if c.weighting not in WEIGHTINGS:
+            raise ConfigValueError("weighting", c.weighting, f"one of {list(WEIGHTINGS)}")
+        if c.chunk_size < 1:
+            raise ConfigValueError("chunk_size", c.chunk_size, "an integer >= 1")
+        if c.params not in ("all", "temporal"):
+            try:
+                re.compile(c.params)
+            except re.error:
+                raise ConfigValueError(
+                    "params", c.params, "all, temporal or a valid regular expression"
+                ) from None
+        self.model_adapter: ModelAdapter | None = None
+        self.trained: TrainedModel | None = None
+
+    def bind_model(self, model: ModelAdapter) -> None:
+        self.model_adapter = model
+
+    # -- preparation --------------------------------------------------------------------------------
+
+    def prepare(self, train: AnalysedClips, ctx: RunContext) -> None:
+        from mwga_core.training import load_or_train
+
+        if self.model_adapter is None:
+            raise ConfigValueError("model", None, "a model adapter (model=video_denoiser)")
+        c = self.config
+        if c.weighting != "none" and train.flows is None and c.weighting == "mask":
+            raise ConfigValueError("weighting", c.weighting, "none or scalar: this method computes no flow")
+        if c.weighting == "scalar" and train.descriptors is None:
+            raise ConfigValueError(
+                "weighting", c.weighting, "none or mask: this method computes no descriptor"
+            )
+        if max(c.timesteps) >= self.model_adapter.config.diffusion_steps:
+            raise ConfigValueError(
+                "timesteps",
+                list(c.timesteps),
+                f"integers in [0, {self.model_adapter.config.diffusion_steps})",
+            )
+        num_classes = int(train.clips.labels.max()) + 1
+        self.trained = load_or_train(self.model_adapter, train.clips, num_classes, ctx)
+        missing = [s for s in c.checkpoints if s not in self.trained.steps]
+        if missing:
+            raise ConfigValueError(
+                "checkpoints", list(c.checkpoints), f"saved steps among {self.trained.steps}"
+            )
+
+    def checkpoint_id(self) -> str | None:
+        """The trained model's cache key and the differentiated checkpoint steps."""
+        trained = self._require_trained()
+        steps = list(self.config.checkpoints) or [trained.steps[-1]]
+        return f"{trained.info['key']}@" + ",".join(str(s) for s in steps)
+
+    def generate_queries(self, class_names: list[str], per_class: int, ctx: RunContext) -> ClipSet:
+        from mwga_core.model_check import sample_per_class
+
+        samples = sample_per_class(self._require_trained(), per_class, ctx, purpose="queries")
+        ids = [f"generated-{class_names[label]}-{j % per_class}" for j, label in enumerate(samples.labels)]
+        return ClipSet(frames=samples.frames, labels=samples.labels, ids=ids)
+
+    def _require_trained(self) -> TrainedModel:
+        if self.trained is None:
+            raise RuntimeError("DiffusionGradient.prepare() must run before gradients or samples")
+        return self.trained
+
+    def selected_parameter_names(self, module: torch.nn.Module) -> list[str]:
+        """The parameter names ``params`` selects, in the module's order."""
+        names = [name for name, _ in module.named_parameters()]
+        if self.config.params == "all":
+            chosen = names
+        elif self.config.params == "temporal":
+            temporal = set(self.model_adapter.temporal_parameter_names(module))
+            chosen = [n for n in names if n in temporal]
+        else:
+            pattern = re.compile(self.config.params)
+            chosen = [n for n in names if pattern.search(n)]
+        if not chosen:
+            raise ConfigValueError(
+                "gradient.params", self.config.params, f"a selection matching some of {names}"
+            )
+        return chosen
+
+    # -- gradients ----------------------------------------------------------------------------------
+
+    def iter_gradients(self, clips: AnalysedClips, ctx: RunContext) -> Iterator[GradientChunk]:
+        import torch
+
+        trained = self._require_trained()
+        steps = list(self.config.checkpoints) or [trained.steps[-1]]
+        modules = [trained.module(step, device=ctx.device) for step in steps]
+        weights = self._loss_weights(clips, trained)
+        scale = self._clip_scales(clips)
+        x0_all = trained.adapter.encode(clips.clips.frames)
+        labels_all = torch.as_tensor(clips.clips.labels, dtype=torch.int64).clamp(min=0)
+        per_step_grad = [self._per_clip_grad_fn(module, ctx) for module in modules]
+        block = max(self.config.chunk_size * 4, 1)
+        for start in range(0, len(clips), block):
+            index = np.arange(start, min(start + block, len(clips)))
+            x0 = x0_all[index].to(ctx.device)
+            labels = labels_all[index].to(ctx.device)
+            weight = None if weights is None else weights[index].to(ctx.device)
+            grads = torch.stack([fn(x0, labels, weight) for fn in per_step_grad])
+            grads = (
+                grads * torch.as_tensor(scale[index], dtype=grads.dtype, device=grads.device)[None, :, None]
+            )
+            yield GradientChunk(indices=index, grads=grads.float())
+
+    def _clip_scales(self, clips: AnalysedClips) -> np.ndarray:
+        scale = np.ones(len(clips), dtype=np.float64)
+        if self.config.weighting == "scalar":
+            scale *= np.linalg.norm(clips.descriptors.astype(np.float64), axis=1)
+        if self.config.frame_normalize:
+            scale /= clips.clips.num_frames
+        return scale.astype(np.float32)
+
+    def _loss_weights(self, clips: AnalysedClips, trained: TrainedModel) -> torch.Tensor | None:
+        import torch
+
+        if self.config.weighting != "mask":
+            return None
+        if clips.flows is None:
+            raise ConfigValueError("gradient.weighting", "mask", "none or scalar: these clips have no flow")
+        grid = trained.adapter.loss_grid(trained.clip_shape)
+        return torch.from_numpy(motion_mask(clips.flows, grid))[:, None]  # (N, 1, T', H', W')
+
+    def _shared_noise(self, trained: TrainedModel, ctx: RunContext) -> list[torch.Tensor]:
+        import torch
+
+        t, h, w, c = trained.clip_shape
+        return [
+            torch.randn(
+                (c, t, h, w), generator=torch.Generator().manual_seed(ctx.seed_for("diffusion-noise", k, ts))
+            )
+            for k, ts in enumerate(self.config.timesteps)
+        ]
+
+    def _per_clip_grad_fn(self, module: torch.nn.Module, ctx: RunContext):
+        """A function (x0 (n,C,T,H,W), labels (n,), weight or None) -> (n, D) per-clip gradients."""
+        import torch
+        from torch.func import functional_call, grad, vmap
+
+        trained = self._require_trained()
+        adapter, c = trained.adapter, self.config
+        selected = self.selected_parameter_names(module)
+        chosen = set(selected)
+        params = {n: p.detach() for n, p in module.named_parameters() if n in chosen}
+        frozen = {n: p.detach() for n, p in module.named_parameters() if n not in chosen}
+        frozen.update(dict(module.named_buffers()))
+        noises = [n.to(ctx.device) for n in self._shared_noise(trained, ctx)]
+        timesteps = [torch.tensor([t], dtype=torch.int64, device=ctx.device) for t in c.timesteps]
+        conditional = adapter.config.conditional
+        device_type = torch.device(ctx.device).type
+
+        def objective(p: dict, x0: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None):
+            total = 0.0
+            for t, noise in zip(timesteps, noises, strict=True):
+                x_t = adapter.add_noise(x0[None], t, noise[None])
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.bf16):
+                    prediction = functional_call(
+                        module, (p, frozen), (x_t, t, label[None] if conditional else None)
+                    )
+                w = None if weight is None else weight[None]
+                if c.output == "loss":
+                    value = adapter.per_example_loss(prediction, noise[None], w)
+                else:
+                    value = adapter.dtrak_output(prediction if w is None else prediction.float() * w.sqrt())
+                total = total + value.sum()
+            return total / len(timesteps)
+
+        def compute(x0: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+            in_dims = (None, 0, 0, None if weight is None else 0)
+            per_clip = vmap(grad(objective), in_dims=in_dims, chunk_size=c.chunk_size)(
+                params, x0, labels, weight
+            )
+            return torch.cat([per_clip[name].reshape(x0.shape[0], -1) for name in selected], dim=1).detach()
+
+        return compute
+
+
+@hookimpl
+def mwga_register_gradient_sources(register):
+    register(
+        "diffusion",
+        DiffusionGradient,
+        DiffusionGradientConfig,
+        description="per-clip gradients of a video diffusion model trained on the corpus (torch.func)",
+    )

@@ -1,0 +1,74 @@
+"""Shared fixtures: a fresh plugin host, composed configs and a run context writing to a temp folder."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+from rich.console import Console
+
+from mwga_core.context import RunContext
+from mwga_core.plugin_host import PluginHost, get_host, reset_host
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point MWGA_CACHE_DIR at a temp folder, so no test reads or writes the user's ~/.cache/mwga."""
+    cache = tmp_path_factory.mktemp("mwga-cache")
+    previous = os.environ.get("MWGA_CACHE_DIR")
+    os.environ["MWGA_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("MWGA_CACHE_DIR", None)
+    else:
+        os.environ["MWGA_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def host() -> Iterator[PluginHost]:
+    """A freshly loaded plugin host; the process-wide host is forgotten again afterwards."""
+    reset_host()
+    yield get_host()
+    reset_host()
+
+
+@pytest.fixture
+def compose_config(host: PluginHost) -> Callable[..., DictConfig]:
+    """``compose_config(*overrides)``: the run config Hydra composes for ``mwga <overrides>``.
+
+    The ConfigStore is filled from ``host`` at call time, so plugins added with ``host.add_plugin``
+    before the call appear as config options.
+    """
+    from hydra import compose, initialize_config_module
+
+    from mwga_core.config import register_configs
+
+    def compose_with(*overrides: str) -> DictConfig:
+        register_configs(host)
+        with initialize_config_module("mwga_conf", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return compose_with
+
+
+@pytest.fixture
+def console_text() -> io.StringIO:
+    """Where the run context's console writes (warnings, stage lines); read it with ``getvalue()``."""
+    return io.StringIO()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, console_text: io.StringIO) -> RunContext:
+    """A seed-0 CPU run context with its output and cache folders under ``tmp_path``."""
+    return RunContext(
+        seed=0,
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        output_dir=tmp_path / "output",
+        show_progress=False,
+        console=Console(file=console_text, width=200, color_system=None),
+    )

@@ -1,0 +1,119 @@
+"""The trainer: it learns, it caches, it writes safetensors atomically, it is deterministic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mwga_core import training
+from mwga_core.context import RunContext
+from mwga_core.errors import ConfigValueError
+from mwga_core.models import TrainingConfig
+from mwga_core.testing.contracts import make_context, small_corpus
+from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
+
+
+def tiny_adapter(steps: int = 40, checkpoints: tuple[int, ...] = (20,), **fields) -> VideoDenoiserAdapter:
+    return VideoDenoiserAdapter(
+        VideoDenoiserConfig(
+            name="video_denoiser",
+            channels=8,
+            blocks=1,
+            diffusion_steps=100,
+            sample_steps=4,
+            training=TrainingConfig(
+                steps=steps, batch_size=8, lr=1e-2, warmup=5, checkpoints=list(checkpoints), bf16=False
+            ),
+            **fields,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return small_corpus(num_clips=12, num_frames=5, size=16)
+
+
+def test_training_reduces_the_loss(corpus, ctx: RunContext) -> None:
+    model = training.load_or_train(tiny_adapter(steps=60), corpus.train, 6, ctx)
+    log = model.info["training"]
+    assert log["final_loss"] < 0.8 * log["first_loss"]
+    assert log["steps"] == 60 and log["seconds"] > 0
+
+
+def test_second_call_loads_from_the_cache(corpus, ctx: RunContext, monkeypatch) -> None:
+    first = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    assert not first.loaded_from_cache
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained again despite a complete cache entry")
+
+    monkeypatch.setattr(training, "train_denoiser", must_not_train)
+    second = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    assert second.loaded_from_cache and second.folder == first.folder
+    for name, tensor in first.module().state_dict().items():
+        torch.testing.assert_close(second.module().state_dict()[name], tensor)
+
+
+def test_cache_key_changes_with_data_config_and_seed(corpus) -> None:
+    base = training.cache_key(tiny_adapter(), corpus.train, 6, seed=0)
+    assert training.cache_key(tiny_adapter(), corpus.train, 6, seed=0) == base
+    assert training.cache_key(tiny_adapter(), corpus.train, 6, seed=1) != base
+    assert training.cache_key(tiny_adapter(steps=41), corpus.train, 6, seed=0) != base
+    changed = small_corpus(num_clips=12, num_frames=5, size=16)
+    changed.train.frames[0, 0, 0, 0, 0] += 0.5
+    assert training.cache_key(tiny_adapter(), changed.train, 6, seed=0) != base
+
+
+def test_checkpoints_are_safetensors_with_a_json_sidecar(corpus, ctx: RunContext) -> None:
+    model = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    assert model.steps == [20, 40]
+    files = sorted(p.name for p in model.folder.iterdir())
+    assert files == ["model.json", "step-000020.safetensors", "step-000040.safetensors"]
+    state = load_file(str(model.checkpoint_path(20)))
+    module = model.adapter.build(model.clip_shape, 6)
+    assert set(state) == set(module.state_dict())
+    info = json.loads((model.folder / "model.json").read_text())
+    assert info["checkpoint_steps"] == [20, 40] and info["adapter"]["training"]["steps"] == 40
+    # The two checkpoints hold different weights.
+    assert not torch.equal(state["patch_in.weight"], load_file(str(model.checkpoint_path(40)))["patch_in.weight"])
+
+
+def test_a_folder_without_its_sidecar_is_retrained(corpus, ctx: RunContext) -> None:
+    # An interrupted run leaves checkpoints but no model.json: the entry is incomplete, never loaded.
+    first = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    (first.folder / "model.json").unlink()
+    first.checkpoint_path(40).write_bytes(b"half a file")
+    again = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    assert not again.loaded_from_cache
+    assert again.module() is not None
+    assert not list(first.folder.glob(".*.tmp"))
+
+
+def test_training_is_deterministic(corpus, tmp_path: Path) -> None:
+    states = []
+    for run in ("a", "b"):
+        model = training.load_or_train(tiny_adapter(), corpus.train, 6, make_context(tmp_path / run))
+        states.append(load_file(str(model.checkpoint_path(40))))
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=0, atol=0)
+
+
+def test_samples_are_frames_in_range(corpus, ctx: RunContext) -> None:
+    from mwga_core.model_check import sample_per_class
+
+    model = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    samples = sample_per_class(model, 2, ctx)
+    assert samples.frames.shape == (12, 5, 16, 16, 1)
+    assert samples.frames.min() >= 0 and samples.frames.max() <= 1
+    np.testing.assert_array_equal(samples.labels, np.repeat(np.arange(6), 2))
+
+
+def test_checkpoint_outside_the_training_run_is_refused() -> None:
+    with pytest.raises(ConfigValueError, match="training.checkpoints"):
+        tiny_adapter(steps=10, checkpoints=(20,))

@@ -1,0 +1,287 @@
+"""The real `mwga` console script, run in a temporary folder: outputs, sweeps, launchers, determinism, errors.
+
+Small corpora (``dataset.num_clips=60``) keep it fast; exactly one run uses the full default config.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, SyntheticMotionBenchmark
+
+from mwga_core import hookimpl
+from mwga_core.errors import DataError
+from mwga_core.pipeline import run_attribution
+
+SMALL = "dataset.num_clips=60"
+MWGA = (
+    str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
+)
+
+
+def mwga(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed console script; the plugin env vars of the calling shell are dropped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWGA_")}
+    env["MWGA_CACHE_DIR"] = str(cwd / "cache")
+    return subprocess.run([MWGA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- single runs ----------------------------------------------------------------------------------
+
+
+def test_default_run(tmp_path: Path) -> None:
+    done = ok(mwga(cwd=tmp_path))
+    out = only(sorted(tmp_path.glob("outputs/*/*"))).resolve()
+    for name in ("results.json", "metrics.csv", "table.md", "rankings.csv", ".hydra/config.yaml"):
+        assert (out / name).is_file(), name
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "ours"
+    assert results["corpus"] == {"num_train": 200, "num_queries": 6, "class_names": list(PATTERNS)}
+    assert results["config"]["dataset"]["num_clips"] == 200
+    assert results["config"]["descriptor"] == {"name": "hoof", "bins": 8, "normalize": "l1"}
+    assert results["config"]["projection"] == {"name": "gaussian", "dim": 128}
+    mean = results["metrics"]["mean"]
+    assert list(mean) == ["P@5", "P@10", "P@20", "R@20", "MRR", "NDCG@20", "score_gap", "mean_gt_rank"]
+    assert list(results["metrics"]["per_pattern"]) == list(PATTERNS)
+    assert mean["P@10"] > 0.5  # the method works: random retrieval gives about 1/6
+
+    # the table printed is the paper's layout: one row per pattern, then the mean
+    for label in ("Pattern", "P@5", "NDCG@20", "Mean GT rank", "horizontal pan", "zoom in", "Mean"):
+        assert label in done.stdout
+    table = (out / "table.md").read_text().splitlines()
+    assert len(table) == 2 + 6 + 1 and table[-1].startswith("| Mean |")
+    metrics = read_csv(out / "metrics.csv")
+    assert [row["pattern"] for row in metrics] == [*PATTERNS, "mean"]
+    assert float(metrics[-1]["P@10"]) == pytest.approx(mean["P@10"])
+
+    rankings = read_csv(out / "rankings.csv")
+    assert len(rankings) == 6 * 200
+    for query in results["per_query"]:
+        rows = [r for r in rankings if r["query_id"] == query["query_id"]]
+        assert [int(r["rank"]) for r in rows] == list(range(1, 201))
+        assert len({r["clip_id"] for r in rows}) == 200
+        scores = [float(r["score"]) for r in rows]
+        assert scores == sorted(scores, reverse=True)
+        relevant = [int(r["relevant"]) for r in rows]
+        assert relevant == [int(r["clip_pattern"] == query["pattern"]) for r in rows]
+        # results.json's metrics are those of this ranking
+        assert query["P@5"] == pytest.approx(sum(relevant[:5]) / 5)
+        assert query["R@20"] == pytest.approx(sum(relevant[:20]) / sum(relevant))
+
+
+def test_override_of_a_component_field(tmp_path: Path) -> None:
+    ok(mwga("method=ours", "descriptor.bins=16", SMALL, "hydra.run.dir=run", cwd=tmp_path))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["descriptor"]["bins"] == 16
+    assert results["method"] == "ours"
+    assert results["corpus"]["num_train"] == 60
+
+
+# -- multiruns ------------------------------------------------------------------------------------
+
+
+def test_projection_dim_sweep_writes_the_aggregated_table(tmp_path: Path) -> None:
+    done = ok(mwga("-m", "projection.dim=32,64,128,256,512", SMALL, cwd=tmp_path))
+    sweep = only(sorted(tmp_path.glob("multirun/*/*"))).resolve()
+    summary = read_csv(sweep / "summary.csv")
+    assert [row["projection.dim"] for row in summary] == ["32", "64", "128", "256", "512"]
+    assert {"P@5", "P@10", "P@20", "R@20", "MRR", "NDCG@20", "score_gap", "mean_gt_rank"} <= set(summary[0])
+    for row in summary:
+        job = json.loads((sweep / row["job"] / "results.json").read_text())
+        assert job["config"]["projection"]["dim"] == int(row["projection.dim"])
+        assert float(row["MRR"]) == pytest.approx(job["metrics"]["mean"]["MRR"])
+    markdown = (sweep / "summary.md").read_text().splitlines()
+    assert len(markdown) == 2 + 5 and "projection.dim" in markdown[0]
+    assert "Sweep summary" in done.stdout
+
+
+def test_method_sweep(tmp_path: Path) -> None:
+    ok(mwga("-m", "method=ours,random,appearance,flow_magnitude", SMALL, cwd=tmp_path))
+    sweep = only(sorted(tmp_path.glob("multirun/*/*"))).resolve()
+    summary = {row["method"]: row for row in read_csv(sweep / "summary.csv")}
+    assert list(summary) == ["ours", "random", "appearance", "flow_magnitude"]
+    for method, row in summary.items():
+        results = json.loads((sweep / row["job"] / "results.json").read_text())
+        assert results["method"] == method
+    configs = {
+        m: json.loads((sweep / r["job"] / "results.json").read_text())["config"] for m, r in summary.items()
+    }
+    assert configs["random"]["scorer"]["name"] == "random"
+    assert configs["appearance"]["descriptor"]["name"] == "appearance"
+    assert configs["flow_magnitude"]["descriptor"]["name"] == "flow_magnitude"
+    assert float(summary["ours"]["P@10"]) > float(summary["random"]["P@10"]) + 0.3
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Output folders of two separate `mwga dataset.num_clips=60 seed=0` processes (own caches each)."""
+    runs = {}
+    for name in ("seed0", "seed0_again"):
+        root = tmp_path_factory.mktemp(name)
+        ok(mwga(SMALL, "seed=0", "hydra.run.dir=run", cwd=root))
+        runs[name] = root / "run"
+    return runs
+
+
+def test_same_config_and_seed_give_identical_outputs(seeded_runs: dict[str, Path]) -> None:
+    for name in ("results.json", "rankings.csv", "metrics.csv", "table.md"):
+        first = (seeded_runs["seed0"] / name).read_bytes()
+        assert first == (seeded_runs["seed0_again"] / name).read_bytes(), name
+
+
+def test_joblib_launcher_matches_plain_runs_and_seeds_differ(
+    tmp_path: Path, seeded_runs: dict[str, Path]
+) -> None:
+    ok(
+        mwga(
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            SMALL,
+            "seed=0,1",
+            "hydra.sweep.dir=sweep",
+            cwd=tmp_path,
+        )
+    )
+    summary = read_csv(tmp_path / "sweep" / "summary.csv")
+    assert [row["seed"] for row in summary] == ["0", "1"]
+    assert (tmp_path / "sweep" / "summary.md").is_file()
+    seed0, seed1 = (tmp_path / "sweep" / row["job"] / "results.json" for row in summary)
+    # a job in a joblib worker process computes exactly what a plain run computes
+    assert seed0.read_bytes() == (seeded_runs["seed0"] / "results.json").read_bytes()
+    # another seed gives other data and other numbers, not only another recorded seed
+    assert seed1.read_bytes() != seed0.read_bytes()
+    assert json.loads(seed1.read_text())["metrics"] != json.loads(seed0.read_text())["metrics"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("descriptor.bins=0", ["descriptor.bins=0", "an integer >= 1"]),
+        ("projection.dim=0", ["projection.dim=0", "an integer >= 1"]),
+        ("eval.precision_at=[500]", ["eval.precision_at=[500]", "1 <= k <= 60"]),
+        ("dataset.num_clips=3", ["dataset.num_clips=3", ">= 6"]),
+        ("device=cuda", ["device='cuda'", "cpu"]),
+        ("motion=none", ["motion='none'", "needs optical flow"]),
+    ],
+)
+def test_user_errors_exit_with_a_message_naming_the_field(
+    override: str, expected: list[str], tmp_path: Path
+) -> None:
+    done = mwga(SMALL, override, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())  # the console may wrap long lines
+    assert "error:" in message
+    for text in expected:
+        assert text in message
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("descriptor=nope", ["descriptor/nope", "hoof", "appearance"]),  # lists the known options
+        ("descriptor.binz=3", ["descriptor.binz", "HoofConfig"]),
+    ],
+)
+def test_composition_errors_name_the_field(override: str, expected: list[str], tmp_path: Path) -> None:
+    done = mwga(SMALL, override, cwd=tmp_path)
+    assert done.returncode == 1  # Hydra's own exit code for a config that does not compose
+    for text in expected:
+        assert text in done.stderr
+    assert "HYDRA_FULL_ERROR" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").glob("*/*/results.json"))
+
+
+# -- static and broken clips, through the Python API ----------------------------------------------
+
+
+@dataclass
+class DoctoredConfig(SyntheticConfig):
+    """The synthetic benchmark with some clips replaced."""
+
+    constant_query: int = -1
+    constant_train: int = -1
+    nan_train: int = -1
+
+
+class DoctoredBenchmark(SyntheticMotionBenchmark):
+    def load(self, ctx):
+        corpus = super().load(ctx)
+        c = self.config
+        if c.constant_query >= 0:
+            corpus.queries.frames[c.constant_query] = 0.5
+        if c.constant_train >= 0:
+            corpus.train.frames[c.constant_train] = 0.25
+        if c.nan_train >= 0:
+            corpus.train.frames[c.nan_train, 5, 3, 3] = np.nan
+        return corpus
+
+
+class DoctoredPlugin:
+    @hookimpl
+    def mwga_register_datasets(self, register):
+        register("doctored", DoctoredBenchmark, DoctoredConfig, description="test data")
+
+
+@pytest.fixture
+def doctored(host, compose_config):
+    host.add_plugin(DoctoredPlugin(), "doctored")
+    return lambda *overrides: compose_config("dataset=doctored", "dataset.num_clips=24", *overrides)
+
+
+def test_static_query_is_refused_naming_the_query(doctored, ctx) -> None:
+    cfg = doctored("dataset.constant_query=1")
+    with pytest.raises(DataError, match=r"query clip\(s\) query-vertical_tilt-0 show no motion"):
+        run_attribution(cfg, ctx)
+
+
+def test_static_training_clip_only_warns(doctored, ctx, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mwga"):
+        result = run_attribution(doctored("dataset.constant_train=3"), ctx)
+    assert result.static_training_ids == ["train-00003"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("train-00003" in w and "no motion" in w for w in warnings), warnings
+    assert result.scores.shape == (6, 24) and np.isfinite(result.scores).all()
+    assert np.all(result.scores[:, 3] == 0.0)  # no motion, no gradient, no influence
+
+
+def test_nan_frame_is_refused_naming_clip_and_frame(doctored, ctx) -> None:
+    with pytest.raises(DataError, match=r"training clip 'train-00002' has NaN .* frame 5"):
+        run_attribution(doctored("dataset.nan_train=2"), ctx)
+
+
+def test_the_random_baseline_needs_no_motion(doctored, ctx) -> None:
+    # a static query has nothing to attribute for the motion method, but the random baseline scores it
+    result = run_attribution(doctored("method=random", "dataset.constant_query=1"), ctx)
+    assert result.scores.shape == (6, 24)
