@@ -308,7 +308,7 @@ def test_mwga_runs_end_to_end_with_motion_raft(tmp_path, small_checkpoint):
         "motion=raft",
         f"motion.checkpoint={small_checkpoint}",
         "motion.iterations=1",
-        "dataset.num_clips=12",
+        "dataset.num_clips=24",
         "dataset.num_frames=3",
         cwd=tmp_path,
     )
