@@ -63,11 +63,35 @@ def train_raft_command(args: list[str]) -> int:
     return train_raft(args)
 
 
+def model_check_command(args: list[str]) -> int:
+    """``mwga model-check``: train or load the diffusion model, sample per class, recognise the motion."""
+    from mwga_core.model_check import model_check_command as run_model_check
+
+    return run_model_check(args)
+
+
+def index_command(args: list[str]) -> int:
+    """``mwga index``: featurize a folder of clips into a persistent index (see mwga_core/index.py)."""
+    from mwga_core.index import index_command as run_index
+
+    return run_index(args)
+
+
+def attribute_command(args: list[str]) -> int:
+    """``mwga attribute``: rank an index's clips for query videos (see mwga_core/attribute.py)."""
+    from mwga_core.attribute import attribute_command as run_attribute
+
+    return run_attribute(args)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plugins": plugins_command,
     "train-raft": train_raft_command,
     "report": report_command,
     "flow-eval": flow_eval_command,
+    "index": index_command,
+    "attribute": attribute_command,
+    "model-check": model_check_command,
 }
 
 
@@ -100,6 +124,10 @@ def run_job(cfg: DictConfig) -> dict:
             title, ["Pattern"] + [pretty_metric(n) for n in names], metric_rows(result.evaluation, names)
         )
     )
+    if not result.evaluation.per_pattern:
+        stdout.print("[dim]no query has a label: metrics skipped; the rankings are in rankings.csv[/dim]")
+    for skipped in result.corpus.skipped:
+        stderr.print(f"[yellow]skipped:[/] {skipped['reason']}", highlight=False)
     stdout.print(f"[dim]outputs: {output_dir}[/dim]")
     return result.evaluation.mean
 

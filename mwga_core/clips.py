@@ -75,11 +75,16 @@ class ClipSet:
 
 @dataclass
 class Corpus:
-    """A training corpus with its queries; ``class_names[label]`` names a motion pattern."""
+    """A training corpus with its queries; ``class_names[label]`` names a motion pattern.
+
+    ``skipped`` lists the files a dataset left out (``{"file": ..., "reason": ...}``, e.g.
+    ``dataset=video_folder`` with ``on_error=skip``), so the run's outputs can name them.
+    """
 
     train: ClipSet
     queries: ClipSet
     class_names: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def validate(self) -> None:
         self.train.validate("training")

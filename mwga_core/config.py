@@ -56,6 +56,15 @@ class MwgaConfig:
     #: query clips: heldout (the dataset's real query clips) or generated (sampled from the trained
     #: model, dataset.queries_per_pattern per class; needs a gradient source with a model)
     query: str = "heldout"
+    #: where featurization (gradients + projection) runs: local (this process) or ray (Ray actors over
+    #: clip chunks, same features; docs/distributed.md)
+    executor: str = "local"
+    #: executor=ray: the cluster to join (auto, host:6379, ray://host:10001); empty starts a local one
+    ray_address: str = ""
+    #: executor=ray: Ray actors featurizing at once; 0 = one per CPU of the cluster
+    ray_num_workers: int = 0
+    #: executor=ray: most clips per chunk sent to a worker (each chunk is written to the feature store)
+    ray_chunk_clips: int = 256
 
 
 def cache_path(config: CacheConfig | Any) -> Path:

@@ -113,11 +113,15 @@ def evaluate(
     Shape:
         scores: (Q, N); query_labels: (Q,); train_labels: (N,).
     Returns:
-        rankings (Q, N) and the :class:`Evaluation`.
+        rankings (Q, N) and the :class:`Evaluation`. A query with an unknown label (-1, e.g. an unlabelled
+        video folder) is ranked but not evaluated: its ``per_query`` entry is ``{}``; with no labelled
+        query at all, every mean is NaN.
     """
     rankings = rank_clips(scores)
     per_query = [
         query_metrics(rankings[q], train_labels == query_labels[q], scores[q], spec)
+        if query_labels[q] >= 0
+        else {}
         for q in range(len(scores))
     ]
     names = spec.names()
@@ -126,5 +130,8 @@ def evaluate(
         rows = [m for m, lab in zip(per_query, query_labels, strict=True) if lab == label]
         if rows:
             per_pattern[pattern] = {name: float(np.mean([r[name] for r in rows])) for name in names}
-    mean = {name: float(np.mean([row[name] for row in per_pattern.values()])) for name in names}
+    mean = {
+        name: float(np.mean([row[name] for row in per_pattern.values()])) if per_pattern else float("nan")
+        for name in names
+    }
     return rankings, Evaluation(per_query=per_query, per_pattern=per_pattern, mean=mean)

@@ -48,6 +48,8 @@ class TrainingConfig:
     checkpoints: list[int] = field(default_factory=lambda: [400, 800])
     #: bfloat16 autocast for the forward pass (AMX on CPU); weights and optimiser stay float32
     bf16: bool = True
+    #: decay of the exponential moving average of the weights that checkpoints store (0 = raw weights)
+    ema: float = 0.99
 
 
 @dataclass
@@ -85,6 +87,8 @@ class ModelAdapter(ABC):
             raise ConfigValueError("training.lr", tc.lr, "a number > 0")
         if tc.warmup < 0:
             raise ConfigValueError("training.warmup", tc.warmup, "an integer >= 0")
+        if not 0 <= tc.ema < 1:
+            raise ConfigValueError("training.ema", tc.ema, "a number in [0, 1)")
         if any(not 1 <= s <= tc.steps for s in tc.checkpoints):
             raise ConfigValueError("training.checkpoints", list(tc.checkpoints), f"steps in [1, {tc.steps}]")
         self._schedule: NoiseSchedule | None = None

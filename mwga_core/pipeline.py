@@ -6,6 +6,7 @@ before any work), then runs the stages in order. See docs/architecture.md for th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from mwga_core.clips import AnalysedClips, ClipSet, Corpus
 from mwga_core.context import RunContext
 from mwga_core.datasets import Dataset
 from mwga_core.descriptors import Descriptor
+from mwga_core.distributed import RaySettings, featurize_on_ray
 from mwga_core.errors import ConfigValueError, DataError
 from mwga_core.feature_store import FeatureStore, feature_key_parts
 from mwga_core.gradients import GradientSource
@@ -172,7 +174,7 @@ def generate_queries(
     known = corpus.queries.labels[corpus.queries.labels >= 0]
     per_class = int(np.bincount(known).max()) if len(known) else 1
     clips = components.gradient.generate_queries(corpus.class_names, per_class, ctx)
-    generated = Corpus(train=corpus.train, queries=clips, class_names=corpus.class_names)
+    generated = dataclasses.replace(corpus, queries=clips)
     generated.validate()
     queries = analyse(clips, components, ctx, static_threshold)
     if queries.static.any():
@@ -192,6 +194,7 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
     query_source = cfg.get("query", "heldout")
     if query_source not in QUERY_SOURCES:
         raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
+    executor = RaySettings.from_config(cfg).executor
     if query_source == "generated" and not (
         components.scorer.uses_features and components.gradient.uses_model
     ):
@@ -236,8 +239,13 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
                 if stored:
                     total = len(train) + len(queries)
                     stage_info["status"] = f"{stored} of {total} clips read from the feature store"
-            train_features = featurize(train, components, ctx, stores["train"])
-            query_features = featurize(queries, components, ctx, stores["queries"])
+            if executor == "ray":
+                checkpoint = components.gradient.checkpoint_id()
+                train_features = featurize_on_ray(train, train, cfg, ctx, checkpoint, stores["train"])
+                query_features = featurize_on_ray(queries, train, cfg, ctx, checkpoint, stores["queries"])
+            else:
+                train_features = featurize(train, components, ctx, stores["train"])
+                query_features = featurize(queries, components, ctx, stores["queries"])
     else:
         train_features = np.zeros((1, len(corpus.train), 0), dtype=np.float32)
         query_features = np.zeros((1, len(corpus.queries), 0), dtype=np.float32)

@@ -79,14 +79,17 @@ class PluginHost:
         found = list(entry_points(group=ENTRY_POINT_GROUP))
         found.sort(key=lambda ep: (_distribution_name(ep) != BUILTIN_DISTRIBUTION, ep.name))
         blocked = _blocked()
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for ep in found:
-            if ep.name in seen:  # the same distribution visible twice on sys.path
+            if (ep.name, ep.value) in seen:  # the same distribution visible twice on sys.path
                 continue
-            seen.add(ep.name)
+            seen.add((ep.name, ep.value))
             dist, version = _distribution_name(ep), _distribution_version(ep)
-            record = PluginRecord(ep.name, dist, version, ep.value)
-            self.records[ep.name] = record
+            # Another distribution may pick an entry-point name mwga already uses (`cosine`, say):
+            # qualify it by its distribution instead of skipping it unreported.
+            name = ep.name if ep.name not in self.records else f"{dist}:{ep.name}"
+            record = PluginRecord(name, dist, version, ep.value)
+            self.records[name] = record
             if ep.name in blocked or (dist is not None and dist in blocked):
                 record.status = "blocked"
                 continue
@@ -95,7 +98,7 @@ class PluginHost:
             except Exception as error:  # a third party's import error must not stop mwga
                 self._fail(record, error)
                 continue
-            self.add_plugin(module, ep.name, record=record)
+            self.add_plugin(module, name, record=record)
 
     def add_plugin(
         self, plugin: ModuleType | object, name: str, *, record: PluginRecord | None = None

@@ -79,7 +79,7 @@ def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, An
     """Everything results.json holds; a pure function of the config and seed (no times, no paths)."""
     corpus = result.corpus
     per_query = [
-        {"query_id": qid, "pattern": corpus.class_names[label], **metrics}
+        {"query_id": qid, "pattern": corpus.class_names[label] if label >= 0 else None, **metrics}
         for qid, label, metrics in zip(
             corpus.queries.ids, corpus.queries.labels, result.evaluation.per_query, strict=True
         )
@@ -98,6 +98,7 @@ def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, An
                 "class_names": list(corpus.class_names),
             },
             "static_training_clips": result.static_training_ids,
+            **({"skipped_files": corpus.skipped} if corpus.skipped else {}),
             "metrics": {"per_pattern": result.evaluation.per_pattern, "mean": result.evaluation.mean},
             "per_query": per_query,
         }
@@ -141,11 +142,11 @@ def write_rankings(result: AttributionResult, path: Path) -> None:
                 writer.writerow(
                     [
                         query_id,
-                        names[query_label],
+                        names[query_label] if query_label >= 0 else "",
                         rank,
                         corpus.train.ids[clip],
                         names[clip_label] if clip_label >= 0 else "",
                         repr(float(result.scores[q, clip])),
-                        int(clip_label == query_label),
+                        int(clip_label == query_label) if query_label >= 0 else "",
                     ]
                 )

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
 #: bump when the checkpoint layout or the training loop changes meaning
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def config_dict(adapter: ModelAdapter) -> dict[str, Any]:
@@ -109,10 +109,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _save_checkpoint(module: torch.nn.Module, path: Path) -> None:
+def _save_checkpoint(weights: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save
 
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
     _atomic_write_bytes(path, save(state))
 
 
@@ -142,6 +142,8 @@ def train_denoiser(
         torch.manual_seed(ctx.seed_for("model-init"))
         module = adapter.build(clip_shape, num_classes)
     module.to(device).train()
+    # Checkpoints store an exponential moving average of the weights: smoother samples and gradients.
+    averaged = {name: p.detach().clone() for name, p in module.state_dict().items()}
     data = adapter.encode(clips.frames).to(device)
     labels = torch.as_tensor(clips.labels, dtype=torch.int64, device=device)
     conditional = adapter.config.conditional
@@ -164,9 +166,15 @@ def train_denoiser(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            with torch.no_grad():
+                for name, value in module.state_dict().items():
+                    if value.is_floating_point() and tc.ema > 0:
+                        averaged[name].lerp_(value, 1 - tc.ema)
+                    else:
+                        averaged[name].copy_(value)
             losses.append(float(loss.detach()))
             if step in saves:
-                _save_checkpoint(module, folder / f"step-{step:06d}.safetensors")
+                _save_checkpoint(averaged, folder / f"step-{step:06d}.safetensors")
             bar.advance()
     every = max(1, tc.steps // 20)
     return {

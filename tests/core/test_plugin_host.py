@@ -139,6 +139,28 @@ def test_block_env_skips_a_whole_distribution(tmp_path: Path, monkeypatch: pytes
     assert host.failures() == []
 
 
+def test_third_party_entry_point_reusing_a_builtin_name_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mwga_other_cosine.py").write_text(
+        "from mwga_core import hookimpl\n"
+        "from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig\n\n"
+        "@hookimpl\n"
+        "def mwga_register_scorers(register):\n"
+        "    register('other_cosine', CosineScorer, CosineScorerConfig)\n"
+    )
+    info = tmp_path / "mwga_other_cosine-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mwga-other-cosine\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[mwga]\ncosine = mwga_other_cosine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = loaded_host()
+    assert host.records["cosine"].distribution == "mwga"  # the built-in keeps its name
+    other = host.records["mwga-other-cosine:cosine"]
+    assert (other.status, other.registered) == ("loaded", {"scorer": ["other_cosine"]})
+    assert host.registry("scorer").get("other_cosine").plugin == "mwga-other-cosine:cosine"
+
+
 class MisspelledHook:
     @hookimpl
     def mwga_register_scorers(self, register):

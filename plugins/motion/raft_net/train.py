@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-clips", type=int, default=24, help="held-out clips (0: skip evaluation)")
     parser.add_argument("--eval-pairs", type=int, default=5, help="frame pairs evaluated per held-out clip")
     parser.add_argument("--eval-iterations", type=int, default=12, help="RAFT iterations when evaluating")
+    parser.add_argument("--device", default="cpu", help="torch device for training and evaluation")
     parser.add_argument("--json", default="", help="also write the summary to this JSON file")
     return parser
 
@@ -81,7 +82,8 @@ def train(args: argparse.Namespace, log=print) -> tuple[RAFT, dict]:
     frames = torch.from_numpy(clips.frames[..., 0])  # (N, T, H, W)
     gt = torch.from_numpy(clips.gt_flow).permute(0, 1, 4, 2, 3) * factor  # (N, T-1, 2, H, W) upsampled px
 
-    model = RAFT(small=args.variant == "small")
+    device = torch.device(args.device)
+    model = RAFT(small=args.variant == "small").to(device)
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4, eps=1e-8)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -98,12 +100,12 @@ def train(args: argparse.Namespace, log=print) -> tuple[RAFT, dict]:
     for step in range(1, args.steps + 1):
         clip = rng.integers(0, n, size=args.batch_size)
         pair = rng.integers(0, t - 1, size=args.batch_size)
-        images = torch.stack([frames[clip, pair], frames[clip, pair + 1]], dim=1)  # (B, 2, H, W)
+        images = torch.stack([frames[clip, pair], frames[clip, pair + 1]], dim=1).to(device)  # (B, 2, H, W)
         images = F.interpolate(images, scale_factor=factor, mode="bilinear", align_corners=False) * 255.0
         image1 = images[:, :1].expand(-1, 3, -1, -1)
         image2 = images[:, 1:].expand(-1, 3, -1, -1)
-        target = gt[clip, pair]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        target = gt[clip, pair].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             predictions = model(image1, image2, iterations=args.iterations)
         loss = sequence_loss(predictions, target, factor)
         optimiser.zero_grad(set_to_none=True)
@@ -165,7 +167,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict:
     )
     start = time.perf_counter()
     raft_flow = np.concatenate(
-        [raft.flow_batch(first[i : i + 8], second[i : i + 8]) for i in range(0, len(first), 8)]
+        [raft.flow_batch(first[i : i + 8], second[i : i + 8], args.device) for i in range(0, len(first), 8)]
     )
     raft_seconds = time.perf_counter() - start
     farneback = FarnebackFlow(FarnebackConfig())

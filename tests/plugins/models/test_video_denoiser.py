@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mwga_plugins.models import video_denoiser
+from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 
 from mwga_core.errors import ConfigValueError
 from mwga_core.plugin_host import PluginHost
-from mwga_plugins.models import video_denoiser
-from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 
 SHAPE = (5, 16, 16, 1)
 

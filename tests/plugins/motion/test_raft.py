@@ -293,6 +293,20 @@ def test_a_few_training_steps_on_one_batch_reduce_the_loss(small_model):
     assert losses[-1] < 0.8 * losses[0]
 
 
+def test_train_raft_writes_an_official_checkpoint_the_estimator_loads(tmp_path):
+    from mwga_plugins.motion.raft_net.train import main
+
+    out = tmp_path / "trained.pth"
+    args = ["--out", str(out), "--steps", "1", "--batch-size", "1", "--iterations", "1", "--clips", "6"]
+    assert main([*args, "--eval-clips", "0", "--no-bf16", "--json", str(tmp_path / "s.json")]) == 0
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    assert all(key.startswith("module.") for key in state)
+    assert load_raft(out).variant == "small"
+    assert '"steps": 1' in (tmp_path / "s.json").read_text()
+    with pytest.raises(ConfigValueError, match="--eval-seed"):
+        main([*args, "--seed", "3", "--eval-seed", "3"])
+
+
 # --- command line -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,157 @@
+"""`mwga index`: a persistent index that only computes new clips, drops removed ones and resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, render_clip
+from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradientConfig
+
+from mwga_core import hookimpl
+from mwga_core.clips import AnalysedClips
+from mwga_core.index import IndexMismatchError, compose_index_config, index_corpus, load_index
+
+
+class Killed(Exception):
+    """Stands in for the process dying mid-index."""
+
+
+#: clip ids the counting source computed, over all instances; and when to "die"
+COMPUTED: list[str] = []
+KILL_AFTER_CALLS = {"value": -1}
+
+
+@dataclass
+class CountingConfig(SimulatedGradientConfig):
+    virtual_dim: int = 64
+
+
+class CountingGradient(SimulatedGradient):
+    """The simulated gradient, recording every clip it computes; can die after some calls."""
+
+    def iter_gradients(self, clips: AnalysedClips, ctx) -> Iterator:
+        KILL_AFTER_CALLS["value"] -= 1
+        if KILL_AFTER_CALLS["value"] == 0:
+            raise Killed("killed")
+        COMPUTED.extend(clips.clips.ids)
+        yield from super().iter_gradients(clips, ctx)
+
+
+class CountingPlugin:
+    @hookimpl
+    def mwga_register_gradient_sources(self, register):
+        register("counting", CountingGradient, CountingConfig, description="counts clips")
+
+
+def write_clips(folder: Path, start: int, count: int) -> None:
+    """Benchmark clips as uint8 .npy files, folder per pattern (fast to read, no codec)."""
+    for index in range(start, start + count):
+        pattern = PATTERNS[index % len(PATTERNS)]
+        frames, _ = render_clip(pattern, np.random.default_rng(index), SyntheticConfig(num_frames=8, size=24))
+        (folder / pattern).mkdir(parents=True, exist_ok=True)
+        np.save(folder / pattern / f"clip_{index:03d}.npy", np.rint(frames * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def make_index(host, ctx, tmp_path: Path):
+    host.add_plugin(CountingPlugin(), "counting")
+    COMPUTED.clear()
+    KILL_AFTER_CALLS["value"] = -1
+
+    def run(corpus: Path, out: Path, *overrides: str, **options):
+        cfg = compose_index_config(
+            [
+                "gradient=counting",
+                "dataset.num_frames=8",
+                "dataset.size=[24]",
+                "projection.dim=16",
+                *overrides,
+            ],
+            host,
+        )
+        return index_corpus(corpus, out, cfg, ctx, host=host, **options)
+
+    return run
+
+
+def test_adding_clips_computes_only_the_new_ones(make_index, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 12)
+    first = make_index(corpus, out, "dataset.labels=folders", batch_size=5)
+    assert (first.total, first.computed, first.reused) == (12, 12, 0)
+    assert len(COMPUTED) == 12
+    before = load_index(out)
+    assert before.features.shape == (1, 12, 16) and before.descriptors.shape[0] == 12
+    assert before.clips[0]["label"] == "diagonal_slide"
+
+    write_clips(corpus, 12, 4)
+    COMPUTED.clear()
+    second = make_index(corpus, out, "dataset.labels=folders", batch_size=5)
+    assert (second.total, second.computed, second.reused) == (16, 4, 12)
+    assert sorted(COMPUTED) == sorted(f"{PATTERNS[i % 6]}/clip_{i:03d}.npy" for i in range(12, 16))
+    after = load_index(out)
+    old_rows = [after.ids.index(clip_id) for clip_id in before.ids]
+    np.testing.assert_array_equal(after.features[:, old_rows], before.features)
+
+    # batching and increments change nothing: a fresh index of the same 16 clips is bit-identical
+    fresh = make_index(corpus, tmp_path / "fresh", "dataset.labels=folders", batch_size=100)
+    assert fresh.computed == 16
+    np.testing.assert_array_equal(load_index(tmp_path / "fresh").features, after.features)
+    assert load_index(tmp_path / "fresh").ids == after.ids
+
+    for clip_id in after.ids[:2]:
+        (corpus / clip_id).unlink()
+    COMPUTED.clear()
+    third = make_index(corpus, out, "dataset.labels=folders")
+    assert (third.total, third.computed, third.removed) == (14, 0, 2) and COMPUTED == []
+    assert load_index(out).ids == after.ids[2:]
+    assert sorted(p.name for p in out.iterdir()) == ["data-000003", "manifest.json"]
+
+
+def test_an_interrupted_index_resumes_from_its_finished_batches(make_index, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 12)
+    KILL_AFTER_CALLS["value"] = 3  # dies in the third batch
+    with pytest.raises(Killed):
+        make_index(corpus, out, batch_size=4)
+    assert len(COMPUTED) == 8
+    assert len(list((out / "shards").glob("shard-*"))) == 2
+    assert not (out / "manifest.json").exists()
+    COMPUTED.clear()
+    resumed = make_index(corpus, out, batch_size=4)
+    assert (resumed.computed, resumed.reused) == (4, 8) and len(COMPUTED) == 4
+    make_index(corpus, tmp_path / "fresh", batch_size=12)
+    np.testing.assert_array_equal(load_index(out).features, load_index(tmp_path / "fresh").features)
+
+
+def test_another_config_is_refused_unless_rebuilt(make_index, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    make_index(corpus, out)
+    with pytest.raises(IndexMismatchError, match="descriptor.name"):
+        make_index(corpus, out, "descriptor=hoof_grid")
+    rebuilt = make_index(corpus, out, "descriptor=hoof_grid", rebuild=True)
+    assert rebuilt.computed == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["descriptor"]["name"] == "hoof_grid"
+    assert manifest["identity"]["gradient"]["name"] == "counting"
+    assert manifest["mwga_version"] and manifest["count"] == 6
+
+
+def test_skipped_files_are_listed_and_retried(make_index, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    (corpus / "broken.npy").write_bytes(b"garbage")
+    summary = make_index(corpus, out, "dataset.on_error=skip")
+    assert summary.total == 6 and [s["file"] for s in summary.skipped] == [str(corpus / "broken.npy")]
+    assert json.loads((out / "manifest.json").read_text())["skipped"][0]["file"] == str(corpus / "broken.npy")
+    (corpus / "broken.npy").unlink()
+    write_clips(corpus, 6, 1)
+    COMPUTED.clear()
+    again = make_index(corpus, out, "dataset.on_error=skip")
+    assert (again.total, again.computed, again.skipped) == (7, 1, [])

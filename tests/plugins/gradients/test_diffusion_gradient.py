@@ -1,0 +1,178 @@
+"""The ``diffusion`` gradient source: per-clip torch.func gradients of a tiny trained denoiser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig, motion_mask
+from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
+
+from mwga_core.context import RunContext
+from mwga_core.errors import ConfigValueError
+from mwga_core.models import TrainingConfig
+from mwga_core.testing.contracts import GradientSourceContract, small_analysed
+
+
+def tiny_adapter() -> VideoDenoiserAdapter:
+    return VideoDenoiserAdapter(
+        VideoDenoiserConfig(
+            name="video_denoiser",
+            channels=8,
+            blocks=1,
+            diffusion_steps=100,
+            sample_steps=3,
+            training=TrainingConfig(steps=6, batch_size=4, warmup=1, checkpoints=[3], bf16=False, ema=0.0),
+        )
+    )
+
+
+def source(ctx: RunContext, train=None, **fields) -> DiffusionGradient:
+    config = DiffusionGradientConfig(name="diffusion", **{"timesteps": [30], "chunk_size": 4, **fields})
+    gradient = DiffusionGradient(config)
+    gradient.bind_model(tiny_adapter())
+    gradient.prepare(train if train is not None else small_analysed("train"), ctx)
+    return gradient
+
+
+def gradients(gradient: DiffusionGradient, clips, ctx: RunContext) -> np.ndarray:
+    """(K, N, D) by clip index."""
+    out = {}
+    for chunk in gradient.iter_gradients(clips, ctx):
+        for column, index in enumerate(chunk.indices):
+            out[int(index)] = chunk.grads[:, column].numpy()
+    return np.stack([out[i] for i in range(len(clips))], axis=1)
+
+
+class TestDiffusionGradientContract(GradientSourceContract):
+    component_class = DiffusionGradient
+    config = DiffusionGradientConfig(timesteps=[30], chunk_size=4)
+
+    def make_component(self):
+        component = super().make_component()
+        component.bind_model(tiny_adapter())
+        return component
+
+
+@pytest.mark.parametrize("fields", [{}, {"output": "dtrak", "weighting": "none", "timesteps": [10, 60]}])
+def test_vmap_gradients_equal_a_per_clip_loop(ctx: RunContext, fields) -> None:
+    train = small_analysed("train")
+    gradient = source(ctx, train, **fields)
+    vmapped = gradients(gradient, train, ctx)[0]
+    c, adapter = gradient.config, gradient.trained.adapter
+    module = gradient.trained.module()
+    noises = gradient._shared_noise(gradient.trained, ctx)
+    weights = gradient._loss_weights(train, gradient.trained)
+    x0 = adapter.encode(train.clips.frames)
+    for i in range(4):
+        module.zero_grad()
+        total = 0.0
+        for t, noise in zip(c.timesteps, noises, strict=True):
+            tt = torch.tensor([t])
+            prediction = module(
+                adapter.add_noise(x0[i : i + 1], tt, noise[None]), tt, torch.tensor([train.clips.labels[i]])
+            )
+            w = None if weights is None else weights[i : i + 1]
+            if c.output == "loss":
+                total = total + adapter.per_example_loss(prediction, noise[None], w).sum()
+            else:
+                total = total + adapter.dtrak_output(prediction).sum()
+        (total / len(c.timesteps) / train.clips.num_frames).backward()
+        naive = torch.cat([p.grad.reshape(-1) for p in module.parameters()]).numpy()
+        np.testing.assert_allclose(vmapped[i], naive, rtol=1e-4, atol=1e-7)
+
+
+def test_temporal_subset_is_the_temporal_columns_of_the_full_gradient(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    full = source(ctx, train)
+    temporal = source(ctx, train, params="temporal")
+    module = full.trained.module()
+    columns, offset = [], 0
+    for name, p in module.named_parameters():
+        if "temporal" in name:
+            columns.extend(range(offset, offset + p.numel()))
+        offset += p.numel()
+    g_full, g_temporal = gradients(full, train, ctx), gradients(temporal, train, ctx)
+    assert g_temporal.shape[2] == len(columns) < g_full.shape[2]
+    np.testing.assert_allclose(g_temporal, g_full[:, :, columns], rtol=1e-5, atol=1e-8)
+
+
+def test_regex_selection_and_empty_selection(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    g = gradients(source(ctx, train, params=r"^patch_out\."), train, ctx)
+    assert g.shape[2] == 8 * 16 + 16  # patch_out: Linear(8, 1 * 4 * 4)
+    with pytest.raises(ConfigValueError, match="params"):
+        gradients(source(ctx, train, params="no_such_layer"), train, ctx)
+
+
+def test_mask_changes_the_gradient(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    masked = gradients(source(ctx, train, weighting="mask"), train, ctx)
+    plain = gradients(source(ctx, train, weighting="none"), train, ctx)
+    assert not np.allclose(masked, plain)
+
+
+def test_scalar_weighting_scales_by_the_descriptor_norm(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    scalar = gradients(source(ctx, train, weighting="scalar"), train, ctx)
+    plain = gradients(source(ctx, train, weighting="none"), train, ctx)
+    norms = np.linalg.norm(train.descriptors, axis=1)
+    np.testing.assert_allclose(scalar, plain * norms[None, :, None], rtol=1e-5, atol=1e-9)
+
+
+def test_frame_normalisation_divides_by_the_frame_count(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    normalised = gradients(source(ctx, train, weighting="none"), train, ctx)
+    raw = gradients(source(ctx, train, weighting="none", frame_normalize=False), train, ctx)
+    np.testing.assert_allclose(normalised * train.clips.num_frames, raw, rtol=1e-5, atol=1e-9)
+
+
+def test_several_checkpoints_give_k_gradient_sets(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    g = gradients(source(ctx, train, checkpoints=[3, 6]), train, ctx)
+    assert g.shape[0] == 2 and not np.allclose(g[0], g[1])
+    with pytest.raises(ConfigValueError, match="checkpoints"):
+        source(ctx, train, checkpoints=[4])
+
+
+def test_noise_is_shared_by_every_clip_train_and_query(ctx: RunContext) -> None:
+    # The same clip gets the same gradient whether it is computed alone, in another chunk or split.
+    train = small_analysed("train")
+    gradient = source(ctx, train)
+    subset_grads = gradients(gradient, train.subset(np.array([5, 2])), ctx)
+    full = gradients(gradient, train, ctx)
+    np.testing.assert_allclose(subset_grads[0], full[0, [5, 2]], rtol=1e-5, atol=1e-8)
+    noises = gradient._shared_noise(gradient.trained, ctx)
+    assert len(noises) == 1 and noises[0].shape == (1, 5, 16, 16)
+
+
+def test_motion_mask_is_min_max_normalised_per_clip() -> None:
+    flows = np.zeros((2, 3, 4, 4, 2), dtype=np.float32)
+    flows[0, :, :2, :, 0] = 2.0  # top half moves
+    flows[1] = 1.0  # uniform motion: no pixel stands out
+    mask = motion_mask(flows, (4, 4, 4))
+    assert mask.shape == (2, 4, 4, 4)
+    assert mask[0].max() == pytest.approx(1.0, abs=1e-5) and mask[0].min() == 0.0
+    assert mask[0, :, :2].min() > 0.99 and mask[0, :, 2:].max() == 0.0
+    assert np.abs(mask[1]).max() < 1e-5
+    pooled = motion_mask(flows, (2, 2, 2))
+    assert pooled.shape == (2, 2, 2, 2)
+
+
+def test_bad_values_name_the_field() -> None:
+    for field, value in [("output", "logits"), ("weighting", "both"), ("timesteps", []), ("params", "[")]:
+        with pytest.raises(ConfigValueError, match=field):
+            DiffusionGradient(DiffusionGradientConfig(name="diffusion", **{field: value}))
+
+
+def test_prepare_without_a_model_is_a_config_error(ctx: RunContext) -> None:
+    with pytest.raises(ConfigValueError, match="model"):
+        DiffusionGradient(DiffusionGradientConfig(name="diffusion")).prepare(small_analysed("train"), ctx)
+
+
+def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
+    gradient = source(ctx)
+    clips = gradient.generate_queries(["a", "b", "c", "d", "e", "f"], 2, ctx)
+    assert clips.frames.shape == (12, 5, 16, 16, 1)
+    assert clips.ids[:3] == ["generated-a-0", "generated-a-1", "generated-b-0"]
+    np.testing.assert_array_equal(clips.labels, np.repeat(np.arange(6), 2))
