@@ -235,6 +235,10 @@ def index_corpus(
         raise ConfigValueError("--batch-size", batch_size, "an integer >= 1")
     cfg = cfg.copy()
     cfg.dataset.train_dir = str(corpus_dir)
+    manifest = None if rebuild else read_manifest(index_dir)
+    if manifest is not None and not cfg.dataset.get("labels"):
+        # a later run without dataset.labels keeps the labels the index was given
+        cfg.dataset.labels = manifest["config"]["dataset"].get("labels", "")
     components = build_components(cfg, host)
     dataset = components.dataset
     if not hasattr(dataset, "read_clips"):
@@ -246,7 +250,6 @@ def index_corpus(
     check_device(cfg.device)
 
     identity = index_identity(cfg, keep_flows)
-    manifest = None if rebuild else read_manifest(index_dir)
     if rebuild:
         shutil.rmtree(index_dir, ignore_errors=True)
     if manifest is not None and manifest["identity"] != identity:

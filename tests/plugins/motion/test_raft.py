@@ -317,6 +317,7 @@ def _mwga(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # ~10 s on a quiet machine, 36 s measured with the cores shared
 def test_mwga_runs_end_to_end_with_motion_raft(tmp_path, small_checkpoint):
     result = _mwga(
         "motion=raft",

@@ -1,0 +1,75 @@
+"""executor=ray: featurization on a local 2-worker Ray cluster gives the single-process features."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mwga_core.errors import ConfigValueError, MwgaUserError
+from mwga_core.pipeline import run_attribution
+
+SMALL = ("dataset.num_clips=40", "projection.dim=64")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    """A local Ray cluster of 2 CPUs whose files live in a temp folder; no auth token in the home dir."""
+    ray = pytest.importorskip("ray")
+    home = Path.home()
+    home_before = set(os.listdir(home))
+    token_existed = (home / ".ray" / "auth_token").exists()
+    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    # Ray >= 2.5x enables token auth for a new local cluster and writes ~/.ray/auth_token otherwise.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # A short path: Ray's unix sockets live under it, and socket paths are limited to 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="mwga-ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if previous_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_mode
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    new_in_home = {name for name in set(os.listdir(home)) - home_before if "ray" in name.lower()}
+    assert not new_in_home, f"Ray left {new_in_home} in {home}"
+    assert token_existed or not (home / ".ray" / "auth_token").exists()
+
+
+def test_ray_features_equal_local_features(ray_cluster, compose_config, ctx, console_text):
+    local = run_attribution(compose_config(*SMALL, "feature_store=false"), ctx)
+    # 7-clip chunks: several uneven chunks per worker, finishing in any order.
+    distributed_cfg = compose_config(
+        *SMALL, "executor=ray", "ray_num_workers=2", "ray_chunk_clips=7", "feature_store=true"
+    )
+    distributed = run_attribution(distributed_cfg, ctx)
+    np.testing.assert_array_equal(distributed.train_features, local.train_features)
+    np.testing.assert_array_equal(distributed.query_features, local.query_features)
+    np.testing.assert_array_equal(distributed.scores, local.scores)
+    # The Ray run filled the feature store: a local run now reads every clip from it.
+    again = run_attribution(compose_config(*SMALL, "feature_store=true"), ctx)
+    assert ctx.stage_log[-2]["status"].startswith(f"{40 + len(local.corpus.queries)} of")
+    np.testing.assert_array_equal(again.train_features, local.train_features)
+
+
+def test_unknown_executor_is_refused_before_any_work(compose_config, ctx):
+    with pytest.raises(ConfigValueError, match=r"executor='dask'.*\['local', 'ray'\]"):
+        run_attribution(compose_config(*SMALL, "executor=dask"), ctx)
+    with pytest.raises(ConfigValueError, match="ray_chunk_clips=0"):
+        run_attribution(compose_config(*SMALL, "ray_chunk_clips=0"), ctx)
+    assert ctx.stage_log == []
+
+
+def test_executor_ray_without_ray_says_how_to_install(compose_config, ctx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail like a missing package
+    with pytest.raises(MwgaUserError, match=r"pip install 'mwga\[ray\]'"):
+        run_attribution(compose_config(*SMALL, "executor=ray"), ctx)
