@@ -144,6 +144,9 @@ def train_denoiser(
     module.to(device).train()
     # Checkpoints store an exponential moving average of the weights: smoother samples and gradients.
     averaged = {name: p.detach().clone() for name, p in module.state_dict().items()}
+    live = module.state_dict()
+    floats = [name for name, value in live.items() if value.is_floating_point()]
+    others = [name for name in live if name not in set(floats)]
     data = adapter.encode(clips.frames).to(device)
     labels = torch.as_tensor(clips.labels, dtype=torch.int64, device=device)
     conditional = adapter.config.conditional
@@ -167,11 +170,12 @@ def train_denoiser(
             loss.backward()
             optimiser.step()
             with torch.no_grad():
-                for name, value in module.state_dict().items():
-                    if value.is_floating_point() and tc.ema > 0:
-                        averaged[name].lerp_(value, 1 - tc.ema)
-                    else:
-                        averaged[name].copy_(value)
+                if tc.ema > 0:
+                    torch._foreach_lerp_([averaged[n] for n in floats], [live[n] for n in floats], 1 - tc.ema)
+                else:
+                    torch._foreach_copy_([averaged[n] for n in floats], [live[n] for n in floats])
+                for name in others:
+                    averaged[name].copy_(live[name])
             losses.append(float(loss.detach()))
             if step in saves:
                 _save_checkpoint(averaged, folder / f"step-{step:06d}.safetensors")

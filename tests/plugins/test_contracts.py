@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 from mwga_plugins.datasets.synthetic import SyntheticConfig, SyntheticMotionBenchmark
+from mwga_plugins.datasets.video_folder import VideoFolderConfig, VideoFolderDataset
 from mwga_plugins.descriptors.affine import AffineDescriptor
 from mwga_plugins.descriptors.appearance import AppearanceDescriptor
 from mwga_plugins.descriptors.flow_magnitude import FlowMagnitudeDescriptor
@@ -47,6 +52,24 @@ def _has_opencv_contrib() -> bool:
 class TestSyntheticDataset(DatasetContract):
     component_class = SyntheticMotionBenchmark
     config = SyntheticConfig(num_clips=12, num_frames=4, size=16, queries_per_pattern=2)
+
+
+def _video_folder_config() -> VideoFolderConfig:
+    """Tiny uint8 .npy clips (4 training, 2 query) in a temp folder, for the video_folder contract."""
+    root = Path(tempfile.mkdtemp(prefix="mwga-video-folder-contract-"))
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("queries", 2)):
+        (root / split).mkdir()
+        for index in range(count):
+            np.save(root / split / f"clip{index}.npy", rng.integers(0, 256, (6, 20, 20), dtype=np.uint8))
+    return VideoFolderConfig(
+        train_dir=str(root / "train"), query_dir=str(root / "queries"), num_frames=4, size=[16]
+    )
+
+
+class TestVideoFolderDataset(DatasetContract):
+    component_class = VideoFolderDataset
+    config = _video_folder_config()
 
 
 class TestFarnebackFlow(MotionEstimatorContract):
