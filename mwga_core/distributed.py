@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mwga_core.clips import AnalysedClips
 from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError, MwgaUserError
+from mwga_core.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.feature_store import FeatureStore
 
 EXECUTORS = ("local", "ray")
@@ -172,6 +172,8 @@ def featurize_on_ray(
     settings = RaySettings.from_config(cfg)
     todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
     if len(todo) == 0:
+        if store is None:
+            raise DataError("there are no clips to featurize")
         return store.read()
     ray = connect(settings)
     workers_wanted = settings.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -229,7 +231,12 @@ def _start_workers(ray, cfg: DictConfig, ctx: RunContext, train: AnalysedClips, 
     actor = ray.remote(num_cpus=1)(FeaturizeWorker)
     train_ref = ray.put(train)
     workers = [actor.remote(groups, run, train_ref) for _ in range(count)]
-    reported = ray.get([worker.checkpoint_id.remote() for worker in workers])
+    try:
+        reported = ray.get([worker.checkpoint_id.remote() for worker in workers])
+    except BaseException:  # a worker failed to build or prepare: do not leave the others running
+        for worker in workers:
+            ray.kill(worker)
+        raise
     if any(found != checkpoint_id for found in reported):
         for worker in workers:
             ray.kill(worker)

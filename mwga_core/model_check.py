@@ -13,6 +13,7 @@ import numpy as np
 
 from mwga_core.clips import ClipSet
 from mwga_core.context import RunContext
+from mwga_core.errors import ConfigValueError
 from mwga_core.training import TrainedModel
 
 
@@ -56,7 +57,8 @@ def sample_per_class(model: TrainedModel, per_class: int, ctx: RunContext, purpo
     import torch
 
     if not model.adapter.config.conditional:
-        labels = np.zeros(model.num_classes * per_class, dtype=np.int64)
+        # An unconditional model has no class to ask for: the samples' labels are unknown (-1).
+        labels = np.full(model.num_classes * per_class, -1, dtype=np.int64)
         conditioning = None
     else:
         labels = np.repeat(np.arange(model.num_classes), per_class).astype(np.int64)
@@ -78,6 +80,12 @@ def check_motion(
     model: TrainedModel, train: ClipSet, class_names: list[str], per_class: int, ctx: RunContext
 ) -> MotionCheck:
     """Sample ``per_class`` clips per class and classify them by nearest class-mean HOOF."""
+    if not model.adapter.config.conditional:
+        raise ConfigValueError(
+            "model.conditional",
+            False,
+            "true: the check samples clips of each class, which needs a conditional model",
+        )
     classes = len(class_names)
     train_desc = hoof_descriptors(train.frames, ctx).astype(np.float64)
     means = np.stack([train_desc[train.labels == c].mean(axis=0) for c in range(classes)])

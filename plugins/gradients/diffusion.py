@@ -165,7 +165,14 @@ class DiffusionGradient(GradientSource):
     def generate_queries(self, class_names: list[str], per_class: int, ctx: RunContext) -> ClipSet:
         from mwga_core.model_check import sample_per_class
 
-        samples = sample_per_class(self._require_trained(), per_class, ctx, purpose="queries")
+        trained = self._require_trained()
+        if not trained.adapter.config.conditional:
+            raise ConfigValueError(
+                "query",
+                "generated",
+                "heldout: an unconditional model (model.conditional=false) has no class to generate",
+            )
+        samples = sample_per_class(trained, per_class, ctx, purpose="queries")
         ids = [f"generated-{class_names[label]}-{j % per_class}" for j, label in enumerate(samples.labels)]
         return ClipSet(frames=samples.frames, labels=samples.labels, ids=ids)
 

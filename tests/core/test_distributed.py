@@ -61,6 +61,24 @@ def test_ray_features_equal_local_features(ray_cluster, compose_config, ctx, con
     np.testing.assert_array_equal(again.train_features, local.train_features)
 
 
+@pytest.mark.slow
+def test_ray_diffusion_features_match_local_up_to_float32_rounding(ray_cluster, compose_config, ctx):
+    # vmap over a chunk of clips and 1-thread actors may round float32 convolutions differently.
+    tiny = (
+        "dataset.num_clips=24",
+        "gradient=diffusion",
+        "model.training.steps=5",
+        "model.training.checkpoints=[]",
+    )
+    local = run_attribution(compose_config(*tiny, *SMALL[1:], "feature_store=false"), ctx)
+    distributed = run_attribution(
+        compose_config(*tiny, *SMALL[1:], "feature_store=false", "executor=ray", "ray_chunk_clips=5"), ctx
+    )
+    scale = np.abs(local.train_features).max()
+    np.testing.assert_allclose(distributed.train_features, local.train_features, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(distributed.query_features, local.query_features, rtol=0, atol=1e-5 * scale)
+
+
 def test_unknown_executor_is_refused_before_any_work(compose_config, ctx):
     with pytest.raises(ConfigValueError, match=r"executor='dask'.*\['local', 'ray'\]"):
         run_attribution(compose_config(*SMALL, "executor=dask"), ctx)
