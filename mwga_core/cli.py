@@ -84,6 +84,13 @@ def attribute_command(args: list[str]) -> int:
     return run_attribute(args)
 
 
+def cache_command(args: list[str]) -> int:
+    """``mwga cache [info|clear]``: what the cache holds per stage, and clearing it (mwga_core/cache_cli.py)."""
+    from mwga_core.cache_cli import cache_command as run_cache
+
+    return run_cache(args)
+
+
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plugins": plugins_command,
     "train-raft": train_raft_command,
@@ -92,6 +99,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "index": index_command,
     "attribute": attribute_command,
     "model-check": model_check_command,
+    "cache": cache_command,
 }
 
 

@@ -21,9 +21,16 @@ from mwga_core.plugin_host import PluginHost
 
 @dataclass
 class CacheConfig:
-    """Where reusable artefacts live (trained models, features)."""
+    """Where reusable artefacts live (trained models, features, stage outputs) and what is kept."""
 
     dir: str = "${oc.env:MWGA_CACHE_DIR,'~/.cache/mwga'}"
+    #: keep every stage's output (dataset, flows, descriptors, gradients, scores) in <dir>/stages/ and
+    #: reuse it when the stage's config, inputs and code are unchanged (mwga_core/stage_cache.py)
+    enabled: bool = True
+    #: also keep the unprojected gradients (K x N x D float32 per split), so a projection sweep reuses them
+    gradients: bool = True
+    #: a split whose unprojected gradients would take more GiB than this is not stored
+    gradients_max_gb: float = 8.0
 
 
 @dataclass

@@ -52,8 +52,9 @@ class RunContext:
         """A numpy generator seeded by :meth:`seed_for`."""
         return np.random.default_rng(self.seed_for(*parts))
 
-    def progress(self, description: str, total: int):
-        """A progress bar context; ``advance(n)`` on the returned handle moves it."""
+    def progress(self, description: str, total: int | None):
+        """A progress bar context; ``advance(n)`` on the returned handle moves it (``total=None``: a
+        pulsing bar with the elapsed time)."""
         return make_progress(description, total, enabled=self.show_progress, console=self.console)
 
     @contextmanager

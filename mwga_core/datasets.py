@@ -29,5 +29,11 @@ class Dataset(ABC):
     def load(self, ctx: RunContext) -> Corpus:
         """Return the corpus; the same config and ``ctx.seed`` must give identical clips."""
 
+    def cache_fingerprint(self) -> object | None:
+        """What the corpus depends on besides config, seed and code (e.g. the size and time of every file
+        read), as JSON-able data; the stage cache keeps the loaded corpus under a key of it. None (the
+        default): the corpus is loaded every run and later stages are keyed by its content."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -13,6 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mwga_core.cached_stages import (
+    RawGradients,
+    cached_descriptors,
+    cached_flows,
+    cached_scores,
+    clips_key,
+    features_key,
+    gradient_chunks,
+    gradient_key,
+    load_corpus,
+)
 from mwga_core.clips import AnalysedClips, ClipSet, Corpus
 from mwga_core.context import RunContext
 from mwga_core.datasets import Dataset
@@ -27,6 +38,7 @@ from mwga_core.motion import MotionEstimator
 from mwga_core.plugin_host import PluginHost, get_host
 from mwga_core.projectors import Projector
 from mwga_core.scorers import Scorer
+from mwga_core.stage_cache import StageCache, stage_cache_from_config
 
 log = logging.getLogger("mwga")
 
@@ -107,35 +119,62 @@ def check_device(device: str) -> None:
 def analyse(
     clips: ClipSet, components: Components, ctx: RunContext, static_threshold: float
 ) -> AnalysedClips:
-    """Run the motion and descriptor stages on one split."""
-    flows = components.motion.estimate(clips.frames, ctx) if components.motion.produces_flow else None
+    """Run the motion and descriptor stages on one split (no cache)."""
+    return analyse_keyed(clips, components, ctx, static_threshold)[0]
+
+
+def analyse_keyed(
+    clips: ClipSet,
+    components: Components,
+    ctx: RunContext,
+    static_threshold: float,
+    cache: StageCache | None = None,
+    source_key: str | None = None,
+    label: str = "",
+) -> tuple[AnalysedClips, str]:
+    """Run (or read from ``cache``) the motion and descriptor stages on one split.
+
+    ``source_key`` is the key of the stage the clips came from (``<dataset key>/<split>``); without it
+    the clips are keyed by their content. Returns the analysed clips and their descriptors key.
+    """
+    cache = cache or StageCache(ctx.cache_dir, enabled=False, seed=ctx.seed)
+    source_key = source_key or clips_key(clips)
+    flows, flows_key = cached_flows(clips, components.motion, ctx, cache, source_key, label)
     if flows is not None:
         mean_motion = np.hypot(flows[..., 0], flows[..., 1]).reshape(len(clips), -1).mean(axis=1)
         static = mean_motion < static_threshold
     else:
         static = np.zeros(len(clips), dtype=bool)
-    descriptors = components.descriptor.describe(clips.frames, flows, ctx)
+    descriptors, descriptors_key = cached_descriptors(
+        clips, flows, components.descriptor, ctx, cache, flows_key, label
+    )
     if descriptors.shape[0] != len(clips) or not np.isfinite(descriptors).all():
         raise RuntimeError(
             f"descriptor {components.descriptor!r} returned shape {descriptors.shape} or non-finite values; "
             f"expected ({len(clips)}, B) finite"
         )
-    return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static)
+    return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static), descriptors_key
 
 
 def featurize(
-    clips: AnalysedClips, components: Components, ctx: RunContext, store: FeatureStore | None = None
+    clips: AnalysedClips,
+    components: Components,
+    ctx: RunContext,
+    store: FeatureStore | None = None,
+    raw: RawGradients | None = None,
 ) -> np.ndarray:
     """Gradients of every clip, projected. Returns (K, N, P) float32.
 
     With a ``store``, clips it already holds are skipped (the gradient source sees only the subset still
     missing) and every finished chunk is written to it, so an interrupted run resumes from there.
+    With ``raw``, unprojected gradients come from (or go to) the stage cache, so that another
+    projection of the same gradients skips the gradient source.
     """
     todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
     pending = clips if len(todo) == len(clips) else clips.subset(todo)
     parts: dict[int, np.ndarray] = {}
     with ctx.progress("gradients", len(todo)) as bar:
-        for chunk in components.gradient.iter_gradients(pending, ctx) if len(todo) else ():
+        for chunk in gradient_chunks(pending, todo, len(clips), components, ctx, raw) if len(todo) else ():
             projected = np.stack(
                 [
                     components.projector.project(chunk.grads[k], ctx).cpu().numpy()
@@ -164,22 +203,27 @@ QUERY_SOURCES = ("heldout", "generated")
 
 
 def generate_queries(
-    corpus: Corpus, components: Components, ctx: RunContext, static_threshold: float
-) -> tuple[Corpus, AnalysedClips]:
+    corpus: Corpus,
+    components: Components,
+    ctx: RunContext,
+    static_threshold: float,
+    cache: StageCache | None = None,
+) -> tuple[Corpus, AnalysedClips, str]:
     """``query=generated``: replace the queries by clips sampled from the prepared model.
 
     As many clips per class as the dataset has queries per class (``dataset.queries_per_pattern``),
-    labelled with the class they were conditioned on, then analysed like held-out queries.
+    labelled with the class they were conditioned on, then analysed like held-out queries (keyed by
+    their content). Returns the corpus with these queries, the analysed queries and their descriptors key.
     """
     known = corpus.queries.labels[corpus.queries.labels >= 0]
     per_class = int(np.bincount(known).max()) if len(known) else 1
     clips = components.gradient.generate_queries(corpus.class_names, per_class, ctx)
     generated = dataclasses.replace(corpus, queries=clips)
     generated.validate()
-    queries = analyse(clips, components, ctx, static_threshold)
+    queries, key = analyse_keyed(clips, components, ctx, static_threshold, cache, label="generated queries")
     if queries.static.any():
         log.warning(f"warning: {int(queries.static.sum())} generated query clip(s) show almost no motion")
-    return generated, queries
+    return generated, queries, key
 
 
 def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
@@ -194,7 +238,7 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
     query_source = cfg.get("query", "heldout")
     if query_source not in QUERY_SOURCES:
         raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
-    executor = RaySettings.from_config(cfg).executor
+    RaySettings.from_config(cfg)  # a bad executor value fails before any work
     if query_source == "generated" and not (
         components.scorer.uses_features and components.gradient.uses_model
     ):
@@ -205,17 +249,29 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
             "from (use gradient=diffusion)",
         )
 
-    with ctx.stage("dataset"):
-        corpus = components.dataset.load(ctx)
+    cache = stage_cache_from_config(cfg, ctx)
+    with ctx.stage("dataset") as stage_info:
+        mark = len(cache.events)
+        corpus, dataset_key = load_corpus(components.dataset, ctx, cache)
         corpus.validate()
+        stage_info["status"] = cache.status_since(mark)
     spec.validate(len(corpus.train))
 
     static_ids: list[str] = []
     if components.scorer.uses_features:
-        with ctx.stage("motion + descriptors"):
-            train = analyse(corpus.train, components, ctx, cfg.static_threshold)
-            generate = query_source == "generated"
-            queries = None if generate else analyse(corpus.queries, components, ctx, cfg.static_threshold)
+        generate = query_source == "generated"
+        with ctx.stage("motion + descriptors") as stage_info:
+            mark = len(cache.events)
+            analysed = {
+                split: analyse_keyed(
+                    clips, components, ctx, cfg.static_threshold, cache, f"{dataset_key}/{split}", split
+                )
+                for split, clips in (("train", corpus.train), ("queries", corpus.queries))
+                if not (generate and split == "queries")
+            }
+            stage_info["status"] = cache.status_since(mark)
+        train, train_key = analysed["train"]
+        queries, queries_key = analysed.get("queries", (None, ""))
         if queries is not None:
             _refuse_static_queries(queries, cfg.static_threshold)
         static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
@@ -228,30 +284,22 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         with ctx.stage("gradients + projection") as stage_info:
             components.gradient.prepare(train, ctx)
             if generate:
-                corpus, queries = generate_queries(corpus, components, ctx, cfg.static_threshold)
-            stores = {"train": None, "queries": None}
-            if cfg.get("feature_store", False):
-                checkpoint_id = components.gradient.checkpoint_id()
-                for split, clips in (("train", train), ("queries", queries)):
-                    parts = feature_key_parts(cfg, split, clips, checkpoint_id)
-                    stores[split] = FeatureStore.open(ctx.cache_dir, parts, ctx.console)
-                stored = sum(int(store.done.sum()) for store in stores.values())
-                if stored:
-                    total = len(train) + len(queries)
-                    stage_info["status"] = f"{stored} of {total} clips read from the feature store"
-            if executor == "ray":
-                checkpoint = components.gradient.checkpoint_id()
-                train_features = featurize_on_ray(train, train, cfg, ctx, checkpoint, stores["train"])
-                query_features = featurize_on_ray(queries, train, cfg, ctx, checkpoint, stores["queries"])
-            else:
-                train_features = featurize(train, components, ctx, stores["train"])
-                query_features = featurize(queries, components, ctx, stores["queries"])
+                corpus, queries, queries_key = generate_queries(
+                    corpus, components, ctx, cfg.static_threshold, cache
+                )
+            splits = {"train": (train, train_key), "queries": (queries, queries_key)}
+            features, feature_keys = featurize_splits(splits, components, cfg, ctx, cache, stage_info)
+        train_features, query_features = features["train"], features["queries"]
+        score_inputs = [feature_keys["train"], feature_keys["queries"]]
     else:
         train_features = np.zeros((1, len(corpus.train), 0), dtype=np.float32)
         query_features = np.zeros((1, len(corpus.queries), 0), dtype=np.float32)
+        score_inputs = [dataset_key]
 
-    with ctx.stage("scoring"):
-        scores = np.asarray(components.scorer.score(query_features, train_features, ctx), dtype=np.float64)
+    with ctx.stage("scoring") as stage_info:
+        mark = len(cache.events)
+        scores = cached_scores(query_features, train_features, components, ctx, cache, score_inputs)
+        stage_info["status"] = cache.status_since(mark)
     expected = (len(corpus.queries), len(corpus.train))
     if scores.shape != expected or not np.isfinite(scores).all():
         raise RuntimeError(
@@ -261,6 +309,50 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         scores, corpus.queries.labels, corpus.train.labels, corpus.class_names, spec
     )
     return AttributionResult(corpus, scores, rankings, evaluation, train_features, query_features, static_ids)
+
+
+def featurize_splits(
+    splits: dict[str, tuple[AnalysedClips, str]],
+    components: Components,
+    cfg: DictConfig,
+    ctx: RunContext,
+    cache: StageCache,
+    stage_info: dict,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Featurize each split (``name -> (clips, descriptors key)``) through the feature store, the raw
+    gradient cache and the configured executor. Returns ``name -> (K, N, P) features`` and
+    ``name -> features key`` (the key chain's link to the scores)."""
+    checkpoint_id = components.gradient.checkpoint_id()
+    gradient_keys = {name: gradient_key(cache, components, key, ctx) for name, (_, key) in splits.items()}
+    stores: dict[str, FeatureStore | None] = dict.fromkeys(splits)
+    status = []
+    if cfg.get("feature_store", False):
+        for name, (clips, _) in splits.items():
+            parts = feature_key_parts(cfg, name, clips, checkpoint_id)
+            stores[name] = FeatureStore.open(ctx.cache_dir, parts, ctx.console)
+        stored = sum(int(store.done.sum()) for store in stores.values())
+        if stored:
+            total = sum(len(clips) for clips, _ in splits.values())
+            status.append(f"{stored} of {total} clips read from the feature store")
+    cache_cfg = cfg.get("cache") or {}
+    keep_raw = cache.enabled and bool(cache_cfg.get("gradients", True))
+    max_bytes = float(cache_cfg.get("gradients_max_gb", 8.0)) * 2**30
+    on_ray = RaySettings.from_config(cfg).executor == "ray"
+    mark = len(cache.events)
+    features = {}
+    for name, (clips, _) in splits.items():
+        if on_ray:
+            features[name] = featurize_on_ray(
+                clips, splits["train"][0], cfg, ctx, checkpoint_id, stores[name]
+            )
+        else:
+            raw = RawGradients(cache, gradient_keys[name], name, max_bytes) if keep_raw else None
+            features[name] = featurize(clips, components, ctx, stores[name], raw)
+    if len(cache.events) > mark:
+        status.append(f"gradients {cache.status_since(mark)}")
+    stage_info["status"] = "; ".join(status) or "computed"
+    keys = {name: features_key(cache, components, key) for name, key in gradient_keys.items()}
+    return features, keys
 
 
 def _refuse_static_queries(queries: AnalysedClips, threshold: float) -> None:

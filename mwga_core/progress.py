@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def progress_wanted(console: Console) -> bool:
@@ -25,16 +32,20 @@ class _Handle:
 
 
 @contextmanager
-def make_progress(description: str, total: int, *, enabled: bool, console: Console) -> Iterator[_Handle]:
-    """Yield a handle whose ``advance`` moves a bar of ``total`` steps (a no-op when disabled)."""
+def make_progress(
+    description: str, total: int | None, *, enabled: bool, console: Console
+) -> Iterator[_Handle]:
+    """Yield a handle whose ``advance`` moves a bar of ``total`` steps (a no-op when disabled).
+
+    ``total=None`` draws a pulsing bar with the elapsed time, for work that cannot count its steps.
+    """
     if not enabled:
         yield _Handle(None, None)
         return
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
+        (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        if total is not None
+        else (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=total)

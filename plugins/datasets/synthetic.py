@@ -90,6 +90,10 @@ class SyntheticMotionBenchmark(Dataset):
         _check_range(c.zoom_rate, "zoom_rate", 0.0)
         _check_range(c.texture_blur, "texture_blur", 0.0)
 
+    def cache_fingerprint(self) -> object:
+        """Nothing beyond config and seed: the clips are rendered from them alone."""
+        return {}
+
     def load(self, ctx: RunContext) -> Corpus:
         c = self.config
         train_labels = np.arange(c.num_clips) % len(c.patterns)

@@ -338,6 +338,16 @@ class VideoFolderDataset(Dataset):
         table = read_label_csv(Path(source).expanduser())
         return [table.get(c.id) for c in clips]
 
+    def cache_fingerprint(self) -> object:
+        """Id, size and modification time of every clip (and of a labels CSV): any edit reloads."""
+        files = scan_folder(self.config.train_dir) if self.config.train_dir else []
+        files += self.query_clips() if (self.config.query_dir or self.config.query_files) else []
+        labels = Path(self.config.labels).expanduser() if self.config.labels not in ("", "folders") else None
+        label_stat = (
+            [labels.stat().st_size, labels.stat().st_mtime_ns] if labels and labels.exists() else None
+        )
+        return {"clips": [clip.key() for clip in files], "labels": label_stat}
+
     def load(self, ctx: RunContext) -> Corpus:
         if not self.config.train_dir:
             raise ConfigValueError("train_dir", self.config.train_dir, "a folder of training clips")

@@ -176,3 +176,35 @@ def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
     assert clips.frames.shape == (12, 5, 16, 16, 1)
     assert clips.ids[:3] == ["generated-a-0", "generated-a-1", "generated-b-0"]
     np.testing.assert_array_equal(clips.labels, np.repeat(np.arange(6), 2))
+
+
+TINY_RUN = [
+    "gradient=diffusion",
+    "dataset.num_clips=24",
+    "dataset.num_frames=5",
+    "dataset.size=16",
+    "model.channels=8",
+    "model.blocks=1",
+    "model.diffusion_steps=100",
+    "model.sample_steps=2",
+    "model.training.steps=4",
+    "model.training.checkpoints=[]",
+    "gradient.timesteps=[30]",
+    "feature_store=false",
+]
+
+
+def test_pipeline_with_generated_queries(compose_config, ctx: RunContext) -> None:
+    from mwga_core.pipeline import run_attribution
+
+    result = run_attribution(compose_config(*TINY_RUN, "query=generated"), ctx)
+    assert result.corpus.queries.ids[0] == "generated-horizontal_pan-0"
+    assert result.scores.shape == (6, 24)
+    assert np.isfinite(result.scores).all()
+
+
+def test_generated_queries_need_a_model(compose_config, ctx: RunContext) -> None:
+    from mwga_core.pipeline import run_attribution
+
+    with pytest.raises(ConfigValueError, match="query"):
+        run_attribution(compose_config("query=generated", "dataset.num_clips=12"), ctx)

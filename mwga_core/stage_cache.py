@@ -1,0 +1,355 @@
+"""The stage cache: every stage's output on disk, keyed by its config and its inputs' keys.
+
+Each stage's key hashes its own config, the keys of the stage outputs it reads, mwga's version and a
+hash of the source files of the component's classes, so the keys form a chain::
+
+    dataset      = hash(dataset config, seed, dataset fingerprint, code)
+    flows        = hash(dataset key, split, motion config, code)
+    descriptors  = hash(flows key, descriptor config, code)
+    gradients    = hash(descriptors key, gradient config, checkpoint id, model config, device, code)
+    features     = hash(gradients key, projection config, code)      (stored by the feature store)
+    scores       = hash(train features key, query features key, scorer config, code)
+
+Changing ``projection.dim`` changes only the features and scores keys: flows, descriptors, the model
+and the raw gradients are read back. Editing a component's module (or a base class's module) changes
+its code hash and so every key downstream of it.
+
+An entry is a folder ``<cache.dir>/stages/<stage>/<key>/`` holding one ``.npy`` per array and a
+``manifest.json`` (stage, key, config that made it, mwga version, created time, array shapes, extra
+metadata). It is written into a temporary folder beside it and renamed into place, so readers never see
+a half-written entry; when two processes write the same key at once, the first rename wins and the
+other discards its copy (both computed the same thing). A reader checks the manifest and the shape and
+dtype of every array; a damaged entry is a miss, reported with a warning naming its folder, and removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mwga_core import __version__
+
+log = logging.getLogger("mwga")
+
+FORMAT_VERSION = 1
+#: the stages the pipeline caches, in pipeline order
+STAGES = ("dataset", "flows", "descriptors", "gradients", "scores")
+#: cache folders kept by other parts of mwga, listed by ``mwga cache info``
+OTHER_CACHES = ("features", "models")
+MANIFEST = "manifest.json"
+
+
+def plain(value: Any) -> Any:
+    """A config (dataclass, DictConfig, mapping, ...) as JSON-able plain data."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def digest(data: Any, size: int = 12) -> str:
+    """A hex hash of JSON-able ``data`` (``size`` bytes)."""
+    text = json.dumps(plain(data), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
+
+
+@functools.cache
+def module_source_hash(module_name: str) -> str:
+    """A short hash of a module's source file; "" when it has none (built-in, compiled)."""
+    module = sys.modules.get(module_name)
+    try:
+        path = inspect.getsourcefile(module) if module is not None else None
+        return hashlib.blake2b(Path(path).read_bytes(), digest_size=6).hexdigest() if path else ""
+    except (OSError, TypeError):
+        return ""
+
+
+def code_version(component: object) -> dict[str, str]:
+    """``module -> source hash`` for the modules defining the component's class and its base classes."""
+    modules = {
+        cls.__module__
+        for cls in type(component).__mro__
+        if cls.__module__ not in ("builtins", "abc", "typing")
+    }
+    return {name: module_source_hash(name) for name in sorted(modules)}
+
+
+def array_digest(*arrays: np.ndarray | None, extra: Any = None) -> str:
+    """A content hash of arrays (bytes, shape, dtype) and JSON-able ``extra``."""
+    hasher = hashlib.blake2b(digest_size=12)
+    for array in arrays:
+        if array is None:
+            hasher.update(b"none")
+            continue
+        array = np.ascontiguousarray(array)
+        hasher.update(repr((array.shape, str(array.dtype))).encode())
+        hasher.update(memoryview(array).cast("B"))
+    hasher.update(json.dumps(plain(extra), sort_keys=True, default=str).encode())
+    return hasher.hexdigest()
+
+
+class DamagedEntryError(Exception):
+    """An entry on disk that cannot be used; the message says why."""
+
+
+@dataclass
+class CachedOutput:
+    """What :meth:`StageCache.fetch` returns: the stage's arrays and metadata, and where they came from."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    cached: bool
+    key: str
+
+
+class PendingEntry:
+    """An entry being written into a temporary folder; :meth:`commit` renames it into place."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.folder.mkdir()
+        self._memmaps: dict[str, np.memmap] = {}
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Write one whole array (``<name>.npy``)."""
+        np.save(self.folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+    def memmap(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """A writable ``.npy`` memmap, for arrays filled piece by piece."""
+        array = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self._memmaps[name] = array
+        return array
+
+    def commit(self, stage: str, key: str, config: Any, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write the manifest and move the entry into place; an entry already there is kept."""
+        for array in self._memmaps.values():
+            array.flush()
+        self._memmaps.clear()
+        arrays = {}
+        for path in sorted(self.folder.glob("*.npy")):
+            array = np.load(path, mmap_mode="r")
+            arrays[path.stem] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+            del array
+        manifest = {
+            "format": FORMAT_VERSION,
+            "stage": stage,
+            "key": key,
+            "mwga_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": plain(config),
+            "arrays": arrays,
+            "meta": dict(meta or {}),
+        }
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        try:
+            os.rename(self.folder, self.target)
+        except OSError:
+            # Another process renamed its copy first (same key, same content): keep that one.
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return self.target
+
+    def abort(self) -> None:
+        self._memmaps.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class StageCache:
+    """Stage outputs under ``<root>/stages/``; with ``enabled=False`` every fetch computes.
+
+    Attributes:
+        root: the cache folder (``cache.dir``).
+        enabled: read and write entries at all.
+        events: ``(stage, label, "cached" | "computed")`` of every fetch, for the stage summary lines.
+    """
+
+    root: Path
+    enabled: bool = True
+    #: the run seed, part of every key (any stage may draw random numbers from it)
+    seed: int = 0
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    warn: Callable[[str], None] | None = None
+
+    def key(
+        self,
+        stage: str,
+        component: object | None = None,
+        inputs: Sequence[str] = (),
+        extra: Any = None,
+    ) -> str:
+        """The key of a stage output: its component's config and code, its inputs' keys and ``extra``."""
+        payload = {
+            "format": FORMAT_VERSION,
+            "stage": stage,
+            "mwga_version": __version__,
+            "seed": self.seed,
+            "inputs": list(inputs),
+            "extra": plain(extra),
+        }
+        if component is not None:
+            payload["config"] = plain(getattr(component, "config", None))
+            payload["code"] = code_version(component)
+        return digest(payload)
+
+    def path(self, stage: str, key: str) -> Path:
+        return Path(self.root) / "stages" / stage / key
+
+    def load(
+        self,
+        stage: str,
+        key: str,
+        expect: Mapping[str, Sequence[int | None]] | None = None,
+        mmap: bool = False,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The arrays and metadata of an entry, or None when absent or damaged (warned and removed).
+
+        ``expect`` maps array names to shapes (None = any size) that the entry must have.
+        """
+        folder = self.path(stage, key)
+        if not (self.enabled and folder.is_dir()):
+            return None
+        try:
+            return self._read(folder, stage, key, expect or {}, mmap)
+        except DamagedEntryError as error:
+            self._warn(f"ignoring the damaged cache entry {folder}: {error}; recomputing it.")
+            self.remove(folder)
+            return None
+
+    def begin(self, stage: str, key: str) -> PendingEntry:
+        """Start writing an entry (fill it, then :meth:`PendingEntry.commit`)."""
+        return PendingEntry(self.path(stage, key))
+
+    def save(
+        self,
+        stage: str,
+        key: str,
+        arrays: Mapping[str, np.ndarray],
+        config: Any = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write an entry atomically (a concurrent writer of the same key may win; both are equal)."""
+        pending = self.begin(stage, key)
+        try:
+            for name, array in arrays.items():
+                pending.add(name, array)
+            return pending.commit(stage, key, config, meta)
+        except BaseException:
+            pending.abort()
+            raise
+
+    def fetch(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]],
+        *,
+        label: str = "",
+        config: Any = None,
+        expect: Mapping[str, Sequence[int | None]] | None = None,
+    ) -> CachedOutput:
+        """The stage output from the cache, or ``compute()``d (returns ``(arrays, meta)``) and stored."""
+        found = self.load(stage, key, expect)
+        if found is not None:
+            self.events.append((stage, label, "cached"))
+            return CachedOutput(found[0], found[1], True, key)
+        arrays, meta = compute()
+        if self.enabled:
+            self.save(stage, key, arrays, config, meta)
+        self.events.append((stage, label, "computed"))
+        return CachedOutput(dict(arrays), dict(meta), False, key)
+
+    def status_since(self, mark: int) -> str:
+        """``cached``, ``computed`` or ``cached: a, b; computed: c`` for the fetches after ``mark``."""
+        events = self.events[mark:]
+        outcomes = {outcome for _, _, outcome in events}
+        if len(outcomes) <= 1:
+            return outcomes.pop() if outcomes else "computed"
+        parts = {
+            outcome: ", ".join(
+                " ".join(filter(None, (label, stage))) for stage, label, o in events if o == outcome
+            )
+            for outcome in ("cached", "computed")
+        }
+        return f"cached: {parts['cached']}; computed: {parts['computed']}"
+
+    @staticmethod
+    def remove(folder: Path) -> None:
+        """Delete an entry: renamed aside first, so a reader never sees it half-deleted."""
+        aside = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, aside)
+        except OSError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _warn(self, message: str) -> None:
+        if self.warn is not None:
+            self.warn(message)
+        else:
+            log.warning(f"warning: {message}")
+
+    @staticmethod
+    def _read(
+        folder: Path, stage: str, key: str, expect: Mapping[str, Sequence[int | None]], mmap: bool
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as error:
+            raise DamagedEntryError(f"its manifest cannot be read ({error})") from None
+        if not isinstance(manifest, dict) or (manifest.get("stage"), manifest.get("key")) != (stage, key):
+            raise DamagedEntryError("its manifest names another stage or key")
+        listed = manifest.get("arrays")
+        if not isinstance(listed, dict) or not set(expect) <= set(listed):
+            raise DamagedEntryError(f"its manifest lists arrays {listed!r}, expected {sorted(expect)}")
+        arrays = {}
+        for name, spec in listed.items():
+            try:
+                array = np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise DamagedEntryError(f"{name}.npy cannot be read ({error})") from None
+            if list(array.shape) != spec.get("shape") or str(array.dtype) != spec.get("dtype"):
+                raise DamagedEntryError(
+                    f"{name}.npy has shape {list(array.shape)} {array.dtype}, "
+                    f"its manifest says {spec.get('shape')} {spec.get('dtype')}"
+                )
+            wanted = expect.get(name)
+            if wanted is not None and (
+                len(wanted) != array.ndim
+                or any(w is not None and w != s for w, s in zip(wanted, array.shape, strict=True))
+            ):
+                raise DamagedEntryError(f"{name}.npy has shape {list(array.shape)}, expected {list(wanted)}")
+            arrays[name] = array
+        return arrays, manifest.get("meta") or {}
+
+
+def stage_cache_from_config(cfg: Any, ctx: Any) -> StageCache:
+    """The run's stage cache in ``ctx.cache_dir`` (``cache.dir``), on when ``cache.enabled`` is true;
+    warnings go to the run's console."""
+    from rich.markup import escape
+
+    cache_cfg = cfg.get("cache") if hasattr(cfg, "get") else None
+    enabled = bool(cache_cfg.get("enabled", True)) if cache_cfg is not None else True
+
+    def warn(message: str) -> None:
+        ctx.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+    return StageCache(Path(ctx.cache_dir), enabled=enabled, seed=int(ctx.seed), warn=warn)
