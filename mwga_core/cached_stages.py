@@ -59,6 +59,12 @@ def _corpus_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> 
     return Corpus(class_names=list(meta["class_names"]), skipped=list(meta["skipped"]), **sets)
 
 
+def _load(dataset: Dataset, ctx: RunContext) -> Corpus:
+    # a pulsing bar: reading or rendering clips can take a while, and datasets do not report progress
+    with ctx.progress(f"dataset ({type(dataset).__name__})", None):
+        return dataset.load(ctx)
+
+
 def load_corpus(dataset: Dataset, ctx: RunContext, cache: StageCache) -> tuple[Corpus, str]:
     """The dataset's corpus and its key.
 
@@ -67,12 +73,12 @@ def load_corpus(dataset: Dataset, ctx: RunContext, cache: StageCache) -> tuple[C
     """
     fingerprint = getattr(dataset, "cache_fingerprint", lambda: None)()
     if fingerprint is None:
-        corpus = dataset.load(ctx)
+        corpus = _load(dataset, ctx)
         return corpus, "content-" + digest(
             [clips_key(corpus.train), clips_key(corpus.queries), corpus.class_names]
         )
     key = cache.key("dataset", dataset, extra={"seed": ctx.seed, "fingerprint": fingerprint})
-    output = cache.fetch("dataset", key, lambda: _corpus_arrays(dataset.load(ctx)), config=dataset.config)
+    output = cache.fetch("dataset", key, lambda: _corpus_arrays(_load(dataset, ctx)), config=dataset.config)
     return _corpus_from_arrays(output.arrays, output.meta), key
 
 
@@ -141,15 +147,21 @@ class RawGradients:
     max_bytes: float = float("inf")
 
 
-def gradient_key(cache: StageCache, components: Components, descriptors_key: str, ctx: RunContext) -> str:
-    """The key of a split's raw gradients: its descriptors key, the gradient source and its weights."""
+def gradient_key(
+    cache: StageCache, components: Components, descriptors_key: str, train_key: str, ctx: RunContext
+) -> str:
+    """The key of a split's raw gradients: its descriptors key, the gradient source and its weights.
+
+    ``train_key`` (the training split's descriptors key) is in it too: ``prepare`` saw the training
+    clips, and a source may derive query gradients from what it learned there.
+    """
     model = components.model
     extra = {
         "checkpoint_id": components.gradient.checkpoint_id(),
         "device": ctx.device,
         "model": None if model is None else {"config": plain(model.config), "code": code_version(model)},
     }
-    return cache.key("gradients", components.gradient, inputs=[descriptors_key], extra=extra)
+    return cache.key("gradients", components.gradient, inputs=[descriptors_key, train_key], extra=extra)
 
 
 def features_key(cache: StageCache, components: Components, gradients_key: str) -> str:
@@ -265,7 +277,8 @@ def cached_scores(
     q, n = query_features.shape[1], train_features.shape[1]
 
     def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        scores = components.scorer.score(query_features, train_features, ctx)
+        with ctx.progress(f"scores ({type(components.scorer).__name__})", None):
+            scores = components.scorer.score(query_features, train_features, ctx)
         return {"scores": np.asarray(scores, dtype=np.float64)}, {}
 
     output = cache.fetch("scores", key, compute, config=components.scorer.config, expect={"scores": (q, n)})

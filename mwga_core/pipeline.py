@@ -138,7 +138,7 @@ def analyse_keyed(
     the clips are keyed by their content. Returns the analysed clips and their descriptors key.
     """
     cache = cache or StageCache(ctx.cache_dir, enabled=False, seed=ctx.seed)
-    source_key = source_key or clips_key(clips)
+    source_key = source_key or (clips_key(clips) if cache.enabled else "uncached")
     flows, flows_key = cached_flows(clips, components.motion, ctx, cache, source_key, label)
     if flows is not None:
         mean_motion = np.hypot(flows[..., 0], flows[..., 1]).reshape(len(clips), -1).mean(axis=1)
@@ -250,18 +250,15 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         )
 
     cache = stage_cache_from_config(cfg, ctx)
-    with ctx.stage("dataset") as stage_info:
-        mark = len(cache.events)
+    with ctx.stage("dataset") as stage_info, cache.tracking(stage_info):
         corpus, dataset_key = load_corpus(components.dataset, ctx, cache)
         corpus.validate()
-        stage_info["status"] = cache.status_since(mark)
     spec.validate(len(corpus.train))
 
     static_ids: list[str] = []
     if components.scorer.uses_features:
         generate = query_source == "generated"
-        with ctx.stage("motion + descriptors") as stage_info:
-            mark = len(cache.events)
+        with ctx.stage("motion + descriptors") as stage_info, cache.tracking(stage_info):
             analysed = {
                 split: analyse_keyed(
                     clips, components, ctx, cfg.static_threshold, cache, f"{dataset_key}/{split}", split
@@ -269,7 +266,6 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
                 for split, clips in (("train", corpus.train), ("queries", corpus.queries))
                 if not (generate and split == "queries")
             }
-            stage_info["status"] = cache.status_since(mark)
         train, train_key = analysed["train"]
         queries, queries_key = analysed.get("queries", (None, ""))
         if queries is not None:
@@ -296,10 +292,8 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         query_features = np.zeros((1, len(corpus.queries), 0), dtype=np.float32)
         score_inputs = [dataset_key]
 
-    with ctx.stage("scoring") as stage_info:
-        mark = len(cache.events)
+    with ctx.stage("scoring") as stage_info, cache.tracking(stage_info):
         scores = cached_scores(query_features, train_features, components, ctx, cache, score_inputs)
-        stage_info["status"] = cache.status_since(mark)
     expected = (len(corpus.queries), len(corpus.train))
     if scores.shape != expected or not np.isfinite(scores).all():
         raise RuntimeError(
@@ -323,7 +317,10 @@ def featurize_splits(
     gradient cache and the configured executor. Returns ``name -> (K, N, P) features`` and
     ``name -> features key`` (the key chain's link to the scores)."""
     checkpoint_id = components.gradient.checkpoint_id()
-    gradient_keys = {name: gradient_key(cache, components, key, ctx) for name, (_, key) in splits.items()}
+    train_key = splits["train"][1]
+    gradient_keys = {
+        name: gradient_key(cache, components, key, train_key, ctx) for name, (_, key) in splits.items()
+    }
     stores: dict[str, FeatureStore | None] = dict.fromkeys(splits)
     status = []
     if cfg.get("feature_store", False):
@@ -333,7 +330,8 @@ def featurize_splits(
         stored = sum(int(store.done.sum()) for store in stores.values())
         if stored:
             total = sum(len(clips) for clips, _ in splits.values())
-            status.append(f"{stored} of {total} clips read from the feature store")
+            whole = " (cached)" if stored == total else ""
+            status.append(f"{stored} of {total} clips read from the feature store{whole}")
     cache_cfg = cfg.get("cache") or {}
     keep_raw = cache.enabled and bool(cache_cfg.get("gradients", True))
     max_bytes = float(cache_cfg.get("gradients_max_gb", 8.0)) * 2**30

@@ -35,7 +35,8 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,13 @@ class StageCache:
         self.events.append((stage, label, "computed"))
         return CachedOutput(dict(arrays), dict(meta), False, key)
 
+    @contextmanager
+    def tracking(self, stage_info: dict) -> Iterator[None]:
+        """Set ``stage_info["status"]`` (a ``ctx.stage`` dict) from the fetches made inside the block."""
+        mark = len(self.events)
+        yield
+        stage_info["status"] = self.status_since(mark)
+
     def status_since(self, mark: int) -> str:
         """``cached``, ``computed`` or ``cached: a, b; computed: c`` for the fetches after ``mark``."""
         events = self.events[mark:]
@@ -342,14 +350,10 @@ class StageCache:
 
 
 def stage_cache_from_config(cfg: Any, ctx: Any) -> StageCache:
-    """The run's stage cache in ``ctx.cache_dir`` (``cache.dir``), on when ``cache.enabled`` is true;
-    warnings go to the run's console."""
-    from rich.markup import escape
+    """The run's stage cache in ``ctx.cache_dir`` (``cache.dir``), on when ``cache.enabled`` is true.
 
+    Its warnings go to the ``mwga`` logger, so under Hydra they also land in the run's ``mwga.log``.
+    """
     cache_cfg = cfg.get("cache") if hasattr(cfg, "get") else None
     enabled = bool(cache_cfg.get("enabled", True)) if cache_cfg is not None else True
-
-    def warn(message: str) -> None:
-        ctx.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-
-    return StageCache(Path(ctx.cache_dir), enabled=enabled, seed=int(ctx.seed), warn=warn)
+    return StageCache(Path(ctx.cache_dir), enabled=enabled, seed=int(ctx.seed))

@@ -17,8 +17,11 @@ import math
 from dataclasses import dataclass
 
 from mwga_core import hookimpl
+from mwga_core.diffusion import make_schedule
 from mwga_core.errors import ConfigValueError
 from mwga_core.models import ModelAdapter, ModelConfig
+
+PARAMETRIZATIONS = ("eps", "v")
 
 
 @dataclass
@@ -35,6 +38,14 @@ class VideoDenoiserConfig(ModelConfig):
     spatial_kernel: int = 3
     #: kernel of the across-frame temporal convolution (odd)
     temporal_kernel: int = 3
+    #: spatial extent of the temporal convolution (odd; 1 = co-located tokens only)
+    temporal_spatial_kernel: int = 1
+    #: add self-attention across all frames per grid token after each temporal convolution (0 = off;
+    #: otherwise the number of heads, a divisor of channels)
+    temporal_attention_heads: int = 0
+    #: what the network body predicts: eps (the noise) or v (sqrt(ab) eps - sqrt(1-ab) x0, turned into
+    #: eps inside forward as eps = sqrt(ab) v + sqrt(1-ab) x_t, so the x0 estimate stays bounded at high t)
+    parametrization: str = "eps"
 
 
 def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int, int], num_classes: int):
@@ -62,13 +73,39 @@ def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int,
             self.emb_proj = nn.Linear(c, c)
             ks, kt = config.spatial_kernel, config.temporal_kernel
             self.spatial = nn.Conv3d(c, c, (1, ks, ks), padding=(0, ks // 2, ks // 2))
-            self.temporal = nn.Conv3d(c, c, (kt, 1, 1), padding=(kt // 2, 0, 0))
+            kts = config.temporal_spatial_kernel
+            self.temporal = nn.Conv3d(c, c, (kt, kts, kts), padding=(kt // 2, kts // 2, kts // 2))
+
+            heads = config.temporal_attention_heads
+            self.temporal_attention = TemporalAttention(heads) if heads else None
 
         def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             h = self.norm(x) + self.emb_proj(emb)[:, :, None, None, None]
             h = self.spatial(nn.functional.silu(h))
             h = self.temporal(nn.functional.silu(h))
+            if self.temporal_attention is not None:
+                h = h + self.temporal_attention(h)
             return x + h
+
+    class TemporalAttention(nn.Module):
+        """Multi-head self-attention over the T frames of each grid token (full temporal receptive field)."""
+
+        def __init__(self, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.norm = FrameNorm(min(8, c), c)
+            self.qkv = nn.Linear(c, 3 * c)
+            self.out = nn.Linear(c, c)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            b, ch, t, gh, gw = h.shape
+            seq = self.norm(h).permute(0, 3, 4, 2, 1).reshape(b * gh * gw, t, ch)
+            q, k, v = self.qkv(seq).reshape(-1, t, 3, self.heads, ch // self.heads).permute(2, 0, 3, 1, 4)
+            mixed = nn.functional.scaled_dot_product_attention(q, k, v)
+            mixed = self.out(mixed.transpose(1, 2).reshape(-1, t, ch))
+            return mixed.reshape(b, gh, gw, t, ch).permute(0, 4, 3, 1, 2)
 
     class VideoDenoiser(nn.Module):
         """forward(x_t (B, C, T, H, W), t (B,) int64, labels (B,) int64 or None) -> eps (B, C, T, H, W)."""
@@ -84,6 +121,8 @@ def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int,
             half = c // 2
             freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
             self.register_buffer("freqs", freqs, persistent=False)
+            alpha_bars = make_schedule(config.schedule, config.diffusion_steps).alpha_bars.float()
+            self.register_buffer("alpha_bars", alpha_bars, persistent=False)
 
         def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None):
             b = x.shape[0]
@@ -105,7 +144,11 @@ def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int,
                 h = block(h, emb)
             h = nn.functional.silu(self.norm_out(h)).permute(0, 2, 3, 4, 1)
             out = self.patch_out(h).reshape(b, frames, gh, gw, colours, p, p)
-            return out.permute(0, 4, 1, 2, 5, 3, 6).reshape(b, colours, frames, height, width)
+            out = out.permute(0, 4, 1, 2, 5, 3, 6).reshape(b, colours, frames, height, width)
+            if config.parametrization == "v":
+                ab = self.alpha_bars[t].reshape(-1, 1, 1, 1, 1)
+                out = ab.sqrt() * out + (1 - ab).sqrt() * x
+            return out
 
     return VideoDenoiser()
 
@@ -122,7 +165,13 @@ class VideoDenoiserAdapter(ModelAdapter):
             raise ConfigValueError("channels", c.channels, "an even integer >= 2")
         if c.blocks < 1:
             raise ConfigValueError("blocks", c.blocks, "an integer >= 1")
-        for name in ("spatial_kernel", "temporal_kernel"):
+        if c.temporal_attention_heads < 0 or (c.temporal_attention_heads and c.channels % c.temporal_attention_heads):
+            raise ConfigValueError(
+                "temporal_attention_heads", c.temporal_attention_heads, f"0 or a divisor of channels={c.channels}"
+            )
+        if c.parametrization not in PARAMETRIZATIONS:
+            raise ConfigValueError("parametrization", c.parametrization, f"one of {list(PARAMETRIZATIONS)}")
+        for name in ("spatial_kernel", "temporal_kernel", "temporal_spatial_kernel"):
             value = getattr(c, name)
             if value < 1 or value % 2 == 0:
                 raise ConfigValueError(name, value, "an odd integer >= 1")

@@ -230,3 +230,16 @@ def test_cached_and_uncached_runs_write_identical_results(tmp_path: Path) -> Non
     assert statuses[0][:2] == statuses[1][:2] == ["computed", "computed"]
     assert statuses[2][:2] == ["cached", "cached"]
     assert results[0] == results[1] == results[2]
+
+
+def test_a_run_with_a_damaged_flows_entry_warns_and_recomputes(spied, ctx, caplog) -> None:
+    import logging
+
+    first = run_attribution(spied("feature_store=false"), ctx)
+    entry = sorted((ctx.cache_dir / "stages" / "flows").iterdir())[0]
+    (entry / "flows.npy").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="mwga"):
+        second = run_attribution(spied("feature_store=false"), ctx)
+    assert any(str(entry) in record.getMessage() for record in caplog.records)
+    assert CALLS["flows"] == 3  # the damaged split only
+    np.testing.assert_array_equal(second.scores, first.scores)
