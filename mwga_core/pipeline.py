@@ -226,11 +226,8 @@ def generate_queries(
     return generated, queries, key
 
 
-def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
-    """Run the whole pipeline for one composed config."""
-    host = host or get_host()
-    components = build_components(cfg, host)
-    spec = OmegaConf.to_object(cfg.eval) if not isinstance(cfg.eval, MetricSpec) else cfg.eval
+def check_run_options(cfg: DictConfig, components: Components) -> str:
+    """Validate the run-level fields before any work; returns the query source."""
     if cfg.static_threshold < 0:
         raise ConfigValueError("static_threshold", cfg.static_threshold, "a number >= 0")
     if components.scorer.uses_features:
@@ -238,16 +235,24 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
     query_source = cfg.get("query", "heldout")
     if query_source not in QUERY_SOURCES:
         raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
-    RaySettings.from_config(cfg)  # a bad executor value fails before any work
+    RaySettings.from_config(cfg)  # a bad executor value fails here too
     if query_source == "generated" and not (
         components.scorer.uses_features and components.gradient.uses_model
     ):
         raise ConfigValueError(
             "query",
             query_source,
-            f"heldout: gradient {cfg.gradient.name!r} has no model to generate queries "
-            "from (use gradient=diffusion)",
+            f"heldout: gradient {cfg.gradient.name!r} has no model to generate queries from (use gradient=diffusion)",
         )
+    return query_source
+
+
+def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
+    """Run the whole pipeline for one composed config."""
+    host = host or get_host()
+    components = build_components(cfg, host)
+    spec = OmegaConf.to_object(cfg.eval) if not isinstance(cfg.eval, MetricSpec) else cfg.eval
+    query_source = check_run_options(cfg, components)
 
     cache = stage_cache_from_config(cfg, ctx)
     with ctx.stage("dataset") as stage_info, cache.tracking(stage_info):
@@ -270,13 +275,7 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         queries, queries_key = analysed.get("queries", (None, ""))
         if queries is not None:
             _refuse_static_queries(queries, cfg.static_threshold)
-        static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
-        if static_ids:
-            log.warning(
-                f"warning: {len(static_ids)} training clip(s) show no motion "
-                f"(mean flow < static_threshold={cfg.static_threshold} px): {', '.join(static_ids[:5])}"
-                + (" ..." if len(static_ids) > 5 else "")
-            )
+        static_ids = _warn_static_training_clips(train, cfg.static_threshold)
         with ctx.stage("gradients + projection") as stage_info:
             components.gradient.prepare(train, ctx)
             if generate:
@@ -351,6 +350,18 @@ def featurize_splits(
     stage_info["status"] = "; ".join(status) or "computed"
     keys = {name: features_key(cache, components, key) for name, key in gradient_keys.items()}
     return features, keys
+
+
+def _warn_static_training_clips(train: AnalysedClips, threshold: float) -> list[str]:
+    """Static training clips stay in the corpus (a corpus may well hold some); warn and list them."""
+    static_ids = [clip_id for clip_id, s in zip(train.clips.ids, train.static, strict=True) if s]
+    if static_ids:
+        log.warning(
+            f"warning: {len(static_ids)} training clip(s) show no motion "
+            f"(mean flow < static_threshold={threshold} px): {', '.join(static_ids[:5])}"
+            + (" ..." if len(static_ids) > 5 else "")
+        )
+    return static_ids
 
 
 def _refuse_static_queries(queries: AnalysedClips, threshold: float) -> None:
