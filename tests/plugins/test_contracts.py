@@ -197,6 +197,8 @@ class TestTracInScorer(ScorerContract):
 #: built-in components not run through a contract above, and why
 NOT_CONTRACT_TESTED = {
     ("motion", "raft"): "needs a trained RAFT checkpoint file; tests/plugins/motion/ tests it",
+    ("gradient", "diffusion"): "needs a tiny trained model; its contract class is in "
+    "tests/plugins/gradients/test_diffusion_gradient.py",
 }
 
 
