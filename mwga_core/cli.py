@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from rich.table import Table
 
 from mwga_core.errors import MwgaUserError
 from mwga_core.report import table_console
-from mwga_core.reporting import report_command
 
 stderr = Console(stderr=True)
 stdout = table_console()
@@ -49,57 +49,31 @@ def plugins_command(args: list[str]) -> int:
     return 0
 
 
-def flow_eval_command(args: list[str]) -> int:
-    """``mwga flow-eval``: flow accuracy against the benchmark's true flow (see mwga_core/flow_eval.py)."""
-    from mwga_core.flow_eval import flow_eval_command as run_flow_eval
-
-    return run_flow_eval(args)
-
-
-def train_raft_command(args: list[str]) -> int:
-    """``mwga train-raft``: fit RAFT on the benchmark's exact flow (see plugins/motion/raft_net/train.py)."""
-    from mwga_plugins.motion.raft_net.train import main as train_raft
-
-    return train_raft(args)
-
-
-def model_check_command(args: list[str]) -> int:
-    """``mwga model-check``: train or load the diffusion model, sample per class, recognise the motion."""
-    from mwga_core.model_check import model_check_command as run_model_check
-
-    return run_model_check(args)
+#: ``mwga <word>`` -> the function that runs it, as ``module:function``; imported only when that word is
+#: used, so ``mwga --help`` never pays for torch, cv2 or matplotlib.
+SUBCOMMAND_TARGETS: dict[str, str] = {
+    "train-raft": "mwga_plugins.motion.raft_net.train:main",
+    "report": "mwga_core.reporting:report_command",
+    "flow-eval": "mwga_core.flow_eval:flow_eval_command",
+    "index": "mwga_core.index:index_command",
+    "attribute": "mwga_core.attribute:attribute_command",
+    "model-check": "mwga_core.model_check:model_check_command",
+    "cache": "mwga_core.cache_cli:cache_command",
+}
 
 
-def index_command(args: list[str]) -> int:
-    """``mwga index``: featurize a folder of clips into a persistent index (see mwga_core/index.py)."""
-    from mwga_core.index import index_command as run_index
+def _lazy(target: str) -> Callable[[list[str]], int]:
+    def run(args: list[str]) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
 
-    return run_index(args)
-
-
-def attribute_command(args: list[str]) -> int:
-    """``mwga attribute``: rank an index's clips for query videos (see mwga_core/attribute.py)."""
-    from mwga_core.attribute import attribute_command as run_attribute
-
-    return run_attribute(args)
-
-
-def cache_command(args: list[str]) -> int:
-    """``mwga cache [info|clear]``: what the cache holds per stage, and clearing it (mwga_core/cache_cli.py)."""
-    from mwga_core.cache_cli import cache_command as run_cache
-
-    return run_cache(args)
+    run.__doc__ = f"Runs {target}."
+    return run
 
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plugins": plugins_command,
-    "train-raft": train_raft_command,
-    "report": report_command,
-    "flow-eval": flow_eval_command,
-    "index": index_command,
-    "attribute": attribute_command,
-    "model-check": model_check_command,
-    "cache": cache_command,
+    **{name: _lazy(target) for name, target in SUBCOMMAND_TARGETS.items()},
 }
 
 

@@ -285,3 +285,13 @@ def test_the_random_baseline_needs_no_motion(doctored, ctx) -> None:
     # a static query has nothing to attribute for the motion method, but the random baseline scores it
     result = run_attribution(doctored("method=random", "dataset.constant_query=1"), ctx)
     assert result.scores.shape == (6, 24)
+
+
+def test_every_subcommand_target_resolves_to_a_function():
+    import importlib
+
+    from mwga_core.cli import SUBCOMMAND_TARGETS
+
+    for name, target in SUBCOMMAND_TARGETS.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), f"mwga {name} -> {target}"
