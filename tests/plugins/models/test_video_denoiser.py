@@ -74,7 +74,16 @@ def test_default_size_is_in_the_intended_range() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("channels", 7), ("blocks", 0), ("temporal_kernel", 2), ("schedule", "exp")]
+    ("field", "value"),
+    [
+        ("channels", 7),
+        ("blocks", 0),
+        ("temporal_kernel", 2),
+        ("schedule", "exp"),
+        ("temporal_spatial_kernel", 2),
+        ("temporal_attention_heads", 5),
+        ("parametrization", "x0"),
+    ],
 )
 def test_bad_values_name_the_field(field: str, value) -> None:
     with pytest.raises(ConfigValueError, match=field):
@@ -84,3 +93,31 @@ def test_bad_values_name_the_field(field: str, value) -> None:
 def test_patch_must_divide_the_frame() -> None:
     with pytest.raises(ConfigValueError, match="patch"):
         tiny(patch=3).build(SHAPE, num_classes=6)
+
+
+def test_v_parametrization_returns_the_input_at_pure_noise() -> None:
+    # eps = sqrt(ab) v + sqrt(1 - ab) x_t: where ab is ~0 (the last cosine step), eps is x_t itself.
+    torch.manual_seed(0)
+    adapter = tiny(parametrization="v")
+    module = adapter.build(SHAPE, num_classes=6)
+    x = torch.randn(1, 1, 5, 16, 16)
+    last = torch.tensor([adapter.config.diffusion_steps - 1])
+    torch.testing.assert_close(module(x, last, torch.tensor([0])), x, atol=1e-3, rtol=0)
+    assert not torch.allclose(module(x, torch.tensor([10]), torch.tensor([0])), x, atol=1e-2)
+
+
+def test_temporal_attention_is_a_temporal_parameter_and_mixes_frames() -> None:
+    torch.manual_seed(0)
+    adapter = tiny(temporal_attention_heads=2, temporal_kernel=1)
+    module = adapter.build(SHAPE, num_classes=6)
+    names = adapter.temporal_parameter_names(module)
+    assert "blocks.0.temporal_attention.qkv.weight" in names
+    with torch.no_grad():
+        torch.nn.init.normal_(module.blocks[0].temporal_attention.out.weight)
+        torch.nn.init.normal_(module.patch_out.weight)
+    x = torch.randn(1, 1, 5, 16, 16)
+    changed = x.clone()
+    changed[:, :, 0] += 1.0
+    t, y = torch.tensor([10]), torch.tensor([0])
+    # a 1-frame temporal kernel mixes nothing: only the attention can carry frame 0 to frame 4
+    assert not torch.allclose(module(x, t, y)[:, :, 4], module(changed, t, y)[:, :, 4])
