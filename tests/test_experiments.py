@@ -57,21 +57,24 @@ def test_baselines_preset_keeps_each_methods_pipeline(host: PluginHost, method: 
 
 
 def test_real_presets_mirror_the_simulated_sweeps():
-    """The real-gradient presets run once gradient=diffusion is registered; until then check their text."""
+    """Each real-gradient preset sweeps what its simulated twin sweeps, with method ours_real."""
     for preset, (key, values) in SIMULATED.items():
         real = yaml.safe_load((CONF / f"{preset}_real.yaml").read_text())
         assert real["experiment_name"] == f"{preset}_real"
-        assert (real["hydra"]["sweeper"]["params"] or {}) == ({key: values} if key else {})
-        if preset != "table2_baselines":
-            assert {"override /gradient": "diffusion"} in real["defaults"]
+        params = real["hydra"]["sweeper"]["params"] or {}
+        if preset == "table2_baselines":
+            assert params == {"method": "ours_real,random,appearance,flow_magnitude"}
+        else:
+            assert params == ({key: values} if key else {})
+            assert {"override /method": "ours_real"} in real["defaults"]
 
 
-def test_real_presets_compose_when_diffusion_gradient_exists(host: PluginHost):
-    if "diffusion" not in host.registries["gradient"].names():
-        pytest.skip("gradient=diffusion is not registered (real-gradient plugin absent)")
-    cfg = compose_with_hydra(host, "+experiment=table4_projection_real")
+@pytest.mark.parametrize("preset", [p for p in SIMULATED if p != "table2_baselines"])
+def test_real_presets_compose_to_the_real_gradient_method(host: PluginHost, preset: str):
+    cfg = compose_with_hydra(host, f"+experiment={preset}_real")
     assert cfg.gradient.name == "diffusion"
-    assert cfg.hydra.sweeper.params["projection.dim"] == "32,64,128,256,512"
+    assert cfg.model.conditional is False  # no label may carry the motion class into the gradient
+    assert cfg.method_name == "ours_real"
 
 
 def test_preset_sweep_runs_and_reports(tmp_path: Path):
