@@ -74,6 +74,17 @@ class MwgaConfig:
     ray_chunk_clips: int = 256
 
 
+def group_configs(cfg: Any, groups: tuple[str, ...]) -> dict[str, Any]:
+    """Plain (resolved, JSON-able) configs of the ``groups`` the run config has and sets."""
+    from omegaconf import OmegaConf
+
+    return {
+        group: OmegaConf.to_container(cfg[group], resolve=True)
+        for group in groups
+        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
+    }
+
+
 def cache_path(config: CacheConfig | Any) -> Path:
     return Path(str(config.dir)).expanduser()
 

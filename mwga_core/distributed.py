@@ -35,6 +35,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mwga_core.clips import AnalysedClips
+from mwga_core.config import group_configs
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.feature_store import FeatureStore
@@ -217,11 +218,7 @@ def featurize_on_ray(
 
 
 def _start_workers(ray, cfg: DictConfig, ctx: RunContext, train: AnalysedClips, count: int, checkpoint_id):
-    groups = {
-        group: OmegaConf.to_container(cfg[group], resolve=True)
-        for group in WORKER_GROUPS
-        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
-    }
+    groups = group_configs(cfg, WORKER_GROUPS)
     run = {
         "seed": int(ctx.seed),
         "device": str(ctx.device),

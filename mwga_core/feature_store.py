@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 
 from mwga_core import __version__
 from mwga_core.clips import AnalysedClips
+from mwga_core.config import group_configs
 
 FORMAT_VERSION = 1
 #: config groups whose values determine the features (when the run config has them)
@@ -69,11 +70,7 @@ def feature_key_parts(
     when it changes), because a source that forgets to report ``checkpoint_id`` must not reuse
     features of another model.
     """
-    config = {
-        group: OmegaConf.to_container(cfg[group], resolve=True)
-        for group in FEATURE_GROUPS
-        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
-    }
+    config = group_configs(cfg, FEATURE_GROUPS)
     return {
         "format": FORMAT_VERSION,
         "mwga_version": __version__,

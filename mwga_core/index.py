@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mwga_core import __version__
 from mwga_core.clips import ClipSet
+from mwga_core.config import group_configs
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.gradients import GradientSource
@@ -75,11 +76,7 @@ def index_identity(cfg: DictConfig, keep_flows: bool) -> dict[str, Any]:
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     for name in DATASET_LOCATION_FIELDS:
         dataset.pop(name, None)
-    groups = {
-        group: OmegaConf.to_container(cfg[group], resolve=True)
-        for group in FEATURE_GROUPS
-        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
-    }
+    groups = group_configs(cfg, FEATURE_GROUPS)
     return {
         "format": FORMAT_VERSION,
         "mwga_version": __version__,
