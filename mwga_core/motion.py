@@ -8,6 +8,7 @@ Built-in implementations (``plugins/motion``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +29,35 @@ def to_grey(frames: np.ndarray) -> np.ndarray:
         return frames[..., 0].astype(np.float32, copy=False)
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return (frames.astype(np.float32) @ weights).astype(np.float32)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded; OpenCV's flow functions take 8-bit grey images."""
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+def flow_of_uint8_pairs(
+    frames: np.ndarray,
+    ctx: RunContext,
+    label: str,
+    pair_flow: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Every consecutive pair's flow for an OpenCV-style estimator: 8-bit grey conversion once, then a tight loop.
+
+    Shape:
+        frames: (N, T, H, W, C) float32 in [0, 1].
+        pair_flow: (H, W) uint8, (H, W) uint8 -> (H, W, 2) float32.
+        returns: (N, T-1, H, W, 2) float32.
+    """
+    grey = to_uint8(to_grey(frames))
+    n, t, h, w = grey.shape
+    flows = np.empty((n, t - 1, h, w, 2), dtype=np.float32)
+    with ctx.progress(f"flow ({label})", n) as bar:
+        for i in range(n):
+            for j in range(t - 1):
+                flows[i, j] = pair_flow(grey[i, j], grey[i, j + 1])
+            bar.advance()
+    return flows
 
 
 class MotionEstimator(ABC):

@@ -19,7 +19,7 @@ import numpy as np
 from mwga_core import hookimpl
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError
-from mwga_core.motion import MotionConfig, MotionEstimator, to_grey
+from mwga_core.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
 
 PRESETS = ("ultrafast", "fast", "medium")
 
@@ -119,24 +119,13 @@ class DisFlow(MotionEstimator):
         return dis
 
     def estimate_pair(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
-        return self.make_opencv_estimator().calc(grey_to_uint8(previous), grey_to_uint8(following), None)
+        return self.make_opencv_estimator().calc(to_uint8(previous), to_uint8(following), None)
 
     def estimate(self, frames: np.ndarray, ctx: RunContext) -> np.ndarray:
-        grey = grey_to_uint8(to_grey(frames))
-        n, t, h, w = grey.shape
-        flows = np.empty((n, t - 1, h, w, 2), dtype=np.float32)
         dis = self.make_opencv_estimator()
-        with ctx.progress(f"flow (DIS {self.config.preset})", n) as bar:
-            for i in range(n):
-                for j in range(t - 1):
-                    flows[i, j] = dis.calc(grey[i, j], grey[i, j + 1], None)
-                bar.advance()
-        return flows
-
-
-def grey_to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Float grey levels in [0, 1] to uint8 (rounded, clipped)."""
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+        return flow_of_uint8_pairs(
+            frames, ctx, f"DIS {self.config.preset}", lambda a, b: dis.calc(a, b, None)
+        )
 
 
 @hookimpl

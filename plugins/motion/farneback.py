@@ -9,7 +9,7 @@ import numpy as np
 from mwga_core import hookimpl
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError
-from mwga_core.motion import MotionConfig, MotionEstimator, to_grey
+from mwga_core.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
 
 
 @dataclass
@@ -68,24 +68,11 @@ class FarnebackFlow(MotionEstimator):
         )
 
     def estimate_pair(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
-        return self._flow(_to_uint8(previous), _to_uint8(following), self._flags())
+        return self._flow(to_uint8(previous), to_uint8(following), self._flags())
 
     def estimate(self, frames: np.ndarray, ctx: RunContext) -> np.ndarray:
-        # Converts every frame to 8 bit once, then calls OpenCV in a tight loop.
-        grey = _to_uint8(to_grey(frames))
-        n, t, h, w = grey.shape
-        flows = np.empty((n, t - 1, h, w, 2), dtype=np.float32)
         flags = self._flags()
-        with ctx.progress("flow (Farnebäck)", n) as bar:
-            for i in range(n):
-                for j in range(t - 1):
-                    flows[i, j] = self._flow(grey[i, j], grey[i, j + 1], flags)
-                bar.advance()
-        return flows
-
-
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+        return flow_of_uint8_pairs(frames, ctx, "Farnebäck", lambda a, b: self._flow(a, b, flags))
 
 
 @hookimpl

@@ -15,7 +15,7 @@ import numpy as np
 from mwga_core import hookimpl
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError, MwgaUserError
-from mwga_core.motion import MotionConfig, MotionEstimator, to_grey
+from mwga_core.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
 
 INSTALL_HINT = (
     "motion=tvl1 needs OpenCV's contrib modules (cv2.optflow), which this OpenCV build lacks: "
@@ -108,23 +108,11 @@ class Tvl1Flow(MotionEstimator):
         )
 
     def estimate_pair(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
-        return self.make_opencv_estimator().calc(_to_uint8(previous), _to_uint8(following), None)
+        return self.make_opencv_estimator().calc(to_uint8(previous), to_uint8(following), None)
 
     def estimate(self, frames: np.ndarray, ctx: RunContext) -> np.ndarray:
-        grey = _to_uint8(to_grey(frames))
-        n, t, h, w = grey.shape
-        flows = np.empty((n, t - 1, h, w, 2), dtype=np.float32)
         tvl1 = self.make_opencv_estimator()
-        with ctx.progress("flow (TV-L1)", n) as bar:
-            for i in range(n):
-                for j in range(t - 1):
-                    flows[i, j] = tvl1.calc(grey[i, j], grey[i, j + 1], None)
-                bar.advance()
-        return flows
-
-
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+        return flow_of_uint8_pairs(frames, ctx, "TV-L1", lambda a, b: tvl1.calc(a, b, None))
 
 
 @hookimpl
