@@ -20,12 +20,14 @@ from rich.console import Console
 from mwga_core.report import format_value, markdown_table, pretty_metric, rich_table, table_console
 
 
-def _job_dirs(sweep_dir: Path) -> list[Path]:
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep that left a results.json, in job-number order."""
     jobs = [p.parent for p in sweep_dir.glob("*/results.json")]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
-def _overrides(job_dir: Path) -> dict[str, str]:
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """A job's task overrides (``.hydra/overrides.yaml``) as ``{key: value}``."""
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return {}
@@ -35,10 +37,10 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 
 def aggregate_sweep(sweep_dir: Path) -> tuple[list[str], list[list[Any]]] | None:
     """Collect (headers, rows) from a finished sweep folder; None when no job left results."""
-    jobs = _job_dirs(sweep_dir)
+    jobs = job_dirs(sweep_dir)
     if not jobs:
         return None
-    overrides = [_overrides(job) for job in jobs]
+    overrides = [job_overrides(job) for job in jobs]
     keys = sorted({key for o in overrides for key in o})
     varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1] or keys
     results = [json.loads((job / "results.json").read_text()) for job in jobs]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mwga_core.errors import DataError, MwgaUserError
-from mwga_core.sweep import _job_dirs, _overrides
+from mwga_core.sweep import job_dirs, job_overrides
 
 #: the override that marks repetitions of one setting rather than a setting of its own
 SEED_KEY = "seed"
@@ -117,7 +117,7 @@ def _load_job(path: Path) -> Job:
         results["metrics"]["mean"]  # noqa: B018 - the one field every report needs
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{results_path} is not an mwga results.json ({error!r})") from None
-    return Job(path=path, overrides=_normalise(_overrides(path)), results=results)
+    return Job(path=path, overrides=_normalise(job_overrides(path)), results=results)
 
 
 def _sort_key(value: str) -> tuple[int, float, str]:
@@ -168,7 +168,7 @@ def _aggregate(group: Group, metric_names: list[str]) -> None:
 
 def _result_folders(path: Path) -> list[Path]:
     """Run and sweep folders at or below ``path``: a job folder counts as part of its sweep."""
-    if (path / "results.json").is_file() or _job_dirs(path):
+    if (path / "results.json").is_file() or job_dirs(path):
         return [path]
     folders: set[Path] = set()
     for results in path.rglob("results.json"):
@@ -191,7 +191,7 @@ def load_result_sets(path: Path) -> list[ResultSet]:
         if (folder / "results.json").is_file():
             jobs = [_load_job(folder)]
         else:
-            jobs = [_load_job(job) for job in _job_dirs(folder)]
+            jobs = [_load_job(job) for job in job_dirs(folder)]
         sets.append(group_jobs(folder, jobs))
     if not sets:
         raise MwgaUserError(
