@@ -83,20 +83,19 @@ def main() -> None:
         for _ in range(options.repeats):
             samples["single"].append(measure(single, folder, cache))
             samples["sweep"].append(measure(sweep, folder, cache))
+        # The gradient source the runs really used (after --overrides), from a single run's results.json.
+        first = sorted(folder.glob("outputs/*/*/results.json"))[0]
+        gradient = json.loads(first.read_text())["config"]["gradient"]["name"]
     seconds = {
         kind: {state: round(statistics.median(s[state] for s in runs), 2) for state in runs[0]}
         for kind, runs in samples.items()
     }
-    ours = Path(__file__).resolve().parents[1] / "conf" / "method" / "ours.yaml"
-    gradient = next(
-        (line.split(":")[-1].strip() for line in ours.read_text().splitlines() if "/gradient" in line), "?"
-    )
     report = {
         "bench": "sweep",
         "single_command": " ".join(["mwga", *single]),
         "sweep_command": "mwga " + " ".join(sweep),
         "sweep_jobs": len(options.dims.split(",")),
-        "gradient_of_method_ours": gradient,
+        "gradient": gradient,
         "repeats": options.repeats,
         "seconds": seconds,
         "ratio": {
