@@ -2,13 +2,26 @@
 
 Both sides differentiate the same default ``video_denoiser`` (seeded initial weights: throughput does not
 depend on training) on the same clips of the default corpus, with the same objective (eps-prediction
-loss at one timestep with one shared noise draw, all parameters) and project to P dims with a Gaussian
-map. mwga: the ``diffusion`` gradient source + the ``gaussian`` projector. traker: TRAK's
-``FunctionalGradientComputer`` (vmap over grad) + ``BasicProjector`` (normal). Each side runs in its own
-subprocess so that its peak resident memory (ru_maxrss) is its own.
+loss, one shared noise draw per timestep; ``--timesteps``, default one; ``--params``, default all) and
+project to P dims with a Gaussian map.
 
-Usage: ``python benches/featurize.py [--clips 128] [--batch 32] [--proj-dim 128] [--device cpu]``.
-Prints one JSON object. traker is optional (``pip install traker``; it installs on torch 2.13).
+mwga: the ``diffusion`` gradient source (``--engine`` = ``gradient.engine``: ``batched``, the default,
+one batched forward/backward per chunk; ``vmap``, torch.func) with ``chunk_size = --batch``, run as the
+pipeline runs it: ``iter_gradients`` yields blocks of 4 chunks and each block is projected by one
+``gaussian`` projector call, which streams its matrix from seeds once per call. traker: TRAK's
+``FunctionalGradientComputer`` (vmap over grad) on ``--batch`` clips at a time + ``BasicProjector``
+(normal; its whole P x D matrix is generated once, before the clock starts, and kept in memory). With
+``--params temporal`` traker still differentiates every parameter (``grad_wrt`` drops the others
+afterwards); mwga differentiates only the selected ones. Each side runs in its own subprocess so that its
+peak resident memory (ru_maxrss) is its own.
+
+Usage: ``python benches/featurize.py [--clips 128] [--batch 32] [--proj-dim 128] [--device cpu]
+[--engine batched|vmap] [--params all|temporal] [--timesteps 500 ...] [--bf16] [--repeats 1]``. Prints
+one JSON object: the settings; per side the best run's ``clips_per_s``, ``seconds``, ``grad_dim``, the
+largest ``peak_rss_mib`` and, with ``--repeats`` > 1, every run's ``clips_per_s_runs`` (the sides run
+alternately, so that a change of machine load hits both); mwga also ``engine`` and
+``clips_per_projection``; and ``speedup`` (best mwga / best traker clips per second). traker is optional
+(``pip install traker``; it installs on torch 2.13).
 """
 
 from __future__ import annotations
@@ -41,15 +54,22 @@ def _setup(args):
 
 
 def run_mwga(args) -> dict:
-    import torch
+    import numpy as np
     from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 
+    from mwga_core.clips import AnalysedClips
     from mwga_core.training import TrainedModel
 
     host, ctx, corpus, adapter, module, clip_shape = _setup(args)
     source = DiffusionGradient(
         DiffusionGradientConfig(
-            name="diffusion", weighting="none", chunk_size=args.batch, timesteps=[500], bf16=args.bf16
+            name="diffusion",
+            weighting="none",
+            chunk_size=args.batch,
+            timesteps=args.timesteps,
+            params=args.params,
+            bf16=args.bf16,
+            engine=args.engine,
         )
     )
     source.bind_model(adapter)
@@ -57,19 +77,28 @@ def run_mwga(args) -> dict:
     trained.module = lambda step=None, device="cpu": module  # the seeded weights, no training
     source.trained = trained
     projector = host.build("projection", {"name": "gaussian", "dim": args.proj_dim})
-    grad_fn = source._per_clip_grad_fn(module, ctx)
-    x0 = adapter.encode(corpus.train.frames[: args.clips]).to(args.device)
-    labels = torch.as_tensor(corpus.train.labels[: args.clips], dtype=torch.int64, device=args.device)
-    projector.project(grad_fn(x0[: args.batch], labels[: args.batch], None), ctx)  # warm-up
+    clips = AnalysedClips(clips=corpus.train.subset(np.arange(args.clips)))
+
+    chosen = set(source.selected_parameter_names(module))
+
+    def featurize(analysed: AnalysedClips) -> list[int]:
+        """The pipeline's loop (mwga_core.pipeline): project every gradient chunk the source yields."""
+        sizes = []
+        for chunk in source.iter_gradients(analysed, ctx):
+            projector.project(chunk.grads[0], ctx)
+            sizes.append(len(chunk.indices))
+        return sizes
+
+    featurize(clips.subset(np.arange(args.batch)))  # warm-up
     start = time.perf_counter()
-    for first in range(0, args.clips, args.batch):
-        grads = grad_fn(x0[first : first + args.batch], labels[first : first + args.batch], None)
-        projector.project(grads, ctx)
+    sizes = featurize(clips)
     seconds = time.perf_counter() - start
     return {
+        "engine": args.engine,
         "clips_per_s": round(args.clips / seconds, 2),
         "seconds": round(seconds, 3),
-        "grad_dim": int(grads.shape[1]),
+        "grad_dim": sum(p.numel() for n, p in module.named_parameters() if n in chosen),
+        "clips_per_projection": max(sizes),
     }
 
 
@@ -83,23 +112,28 @@ def run_traker(args) -> dict:
     host, ctx, corpus, adapter, module, clip_shape = _setup(args)
     t, h, w, c = clip_shape
     noise = torch.randn((c, t, h, w), generator=torch.Generator().manual_seed(0)).to(args.device)
-    step = torch.tensor([500], device=args.device)
+    steps = [torch.tensor([s], device=args.device) for s in args.timesteps]
 
     class DiffusionLoss(AbstractModelOutput):
         def __init__(self) -> None:
             pass
 
         def get_output(self, model, weights, buffers, x0, label):
-            x_t = adapter.add_noise(x0[None], step, noise[None])
-            prediction = torch.func.functional_call(model, (weights, buffers), (x_t, step, label[None]))
-            return adapter.per_example_loss(prediction, noise[None]).sum()
+            total = 0.0
+            for step in steps:
+                x_t = adapter.add_noise(x0[None], step, noise[None])
+                prediction = torch.func.functional_call(model, (weights, buffers), (x_t, step, label[None]))
+                total = total + adapter.per_example_loss(prediction, noise[None]).sum()
+            return total / len(steps)
 
         def get_out_to_loss_grad(self, model, weights, buffers, batch):
             return torch.ones(batch[0].shape[0], 1, device=args.device)
 
-    grad_dim = sum(p.numel() for p in module.parameters())
+    # traker differentiates every parameter and drops the others afterwards (grad_wrt)
+    wrt = None if args.params == "all" else [n for n, _ in module.named_parameters() if "temporal" in n]
+    grad_dim = sum(p.numel() for n, p in module.named_parameters() if wrt is None or n in wrt)
     computer = FunctionalGradientComputer(
-        module, DiffusionLoss(), grad_dim, torch.float32, torch.device(args.device)
+        module, DiffusionLoss(), grad_dim, torch.float32, torch.device(args.device), grad_wrt=wrt
     )
     projector = BasicProjector(grad_dim, args.proj_dim, 0, ProjectionType.normal, torch.device(args.device))
     x0 = adapter.encode(corpus.train.frames[: args.clips]).to(args.device)
@@ -128,6 +162,10 @@ def main() -> None:
     parser.add_argument("--proj-dim", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="mwga side: bfloat16 autocast (gradient.bf16)")
+    parser.add_argument("--engine", default="batched", help="mwga side: gradient.engine (batched or vmap)")
+    parser.add_argument("--params", default="all", choices=["all", "temporal"], help="gradient.params")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[500], help="gradient.timesteps")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; best is reported")
     parser.add_argument("--side", choices=["mwga", "traker"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -136,17 +174,30 @@ def main() -> None:
         print(json.dumps(result))
         return
     report = {"clips": args.clips, "batch": args.batch, "proj_dim": args.proj_dim, "device": args.device}
+    report["params"], report["timesteps"] = args.params, args.timesteps
     report["mwga_bf16"] = args.bf16
-    for side in ("mwga", "traker"):
-        command = [sys.executable, __file__, "--side", side] + sys.argv[1:]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            report[side] = {
-                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-            }
-        else:
-            report[side] = json.loads(done.stdout.strip().splitlines()[-1])
-    if "clips_per_s" in report.get("mwga", {}) and "clips_per_s" in report.get("traker", {}):
+    report["mwga_engine"] = args.engine
+    report["repeats"] = args.repeats
+    runs: dict[str, list[dict]] = {"mwga": [], "traker": []}
+    for _ in range(args.repeats):  # alternate the sides, so that a change in machine load hits both
+        for side in runs:
+            command = [sys.executable, __file__, "--side", side] + sys.argv[1:]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+                runs[side].append({"error": error})
+            else:
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for side, results in runs.items():
+        ok = [r for r in results if "clips_per_s" in r]
+        if not ok:
+            report[side] = results[-1]
+            continue
+        report[side] = dict(max(ok, key=lambda r: r["clips_per_s"]))  # the best run
+        report[side]["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+        if args.repeats > 1:
+            report[side]["clips_per_s_runs"] = [r["clips_per_s"] for r in ok]
+    if "clips_per_s" in report["mwga"] and "clips_per_s" in report["traker"]:
         report["speedup"] = round(report["mwga"]["clips_per_s"] / report["traker"]["clips_per_s"], 2)
     print(json.dumps(report, indent=2))
 

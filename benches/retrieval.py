@@ -6,7 +6,12 @@ rows plus noise of the same scale, so every query has a true near neighbour. For
 
 * ``build_seconds``; ``bytes_per_clip`` (what the index stores per row) and ``rss_delta_bytes_per_clip``
   (resident memory growth while building, divided by N; includes FAISS's temporary buffers);
-* ``single_query_ms``: median latency of one query searched alone (after ``--warmup`` queries);
+* ``single_query_ms``: median latency of one query searched alone (after ``--warmup`` queries); the
+  flat kinds split the rows into one range per thread for it (``RetrievalIndex.search``);
+* ``single_query_unsplit_ms`` (flat kinds): the same with ``threads=1``, one FAISS search over all rows
+  (FAISS parallelises over queries, so a lone query scans on one core; ``flat`` may parallelise over rows),
+  and ``split_equals_unsplit``: whether both returned the same top-k ids. The two take turns query by
+  query, so a change in the machine's load hits both alike;
 * ``batched_query_ms``: median over ``--repeats`` of (time to search all queries at once) / queries;
 * ``recall_at_k``: mean fraction of the exact (``flat``) top-k found; 1.0 for the exact kinds;
   ``exact_top1_in_topk``: how often the exact best row is among the k found.
@@ -74,22 +79,51 @@ def make_queries(features: np.ndarray, count: int, seed: int) -> np.ndarray:
     return features[rows].astype(np.float32) + noise
 
 
-def measure(index, queries: np.ndarray, k: int, warmup: int, repeats: int) -> dict:
+def single_query_times(index, queries: np.ndarray, k: int, warmup: int, thread_options: list) -> dict:
+    """Seconds per query searched alone, and the ids found, for each ``threads`` option of
+    ``RetrievalIndex.search``; the options take turns on every query (alternating which goes first), so
+    the machine's changing load hits each alike. Shape: returns option -> (list of Q, (Q, k) int64)."""
     for query in queries[:warmup]:
-        index.search(query[None], k)
-    singles = []
-    for query in queries:
-        start = time.perf_counter()
-        index.search(query[None], k)
-        singles.append(time.perf_counter() - start)
+        for threads in thread_options:
+            index.search(query[None], k, threads=threads)
+    times: dict = {threads: [] for threads in thread_options}
+    found: dict = {threads: [] for threads in thread_options}
+    for number, query in enumerate(queries):
+        for threads in thread_options[:: 1 if number % 2 == 0 else -1]:
+            start = time.perf_counter()
+            _, ids = index.search(query[None], k, threads=threads)
+            times[threads].append(time.perf_counter() - start)
+            found[threads].append(ids[0])
+    return {threads: (times[threads], np.stack(found[threads])) for threads in thread_options}
+
+
+def milliseconds(seconds: list[float]) -> tuple[float, list[float]]:
+    """Median and [min, max] in ms."""
+    return round(1000 * statistics.median(seconds), 2), [
+        round(1000 * min(seconds), 2),
+        round(1000 * max(seconds), 2),
+    ]
+
+
+def measure(index, queries: np.ndarray, k: int, warmup: int, repeats: int) -> dict:
+    flat = index.kind in ("flat", "flat_fp16")
+    singles = single_query_times(index, queries, k, warmup, [None, 1] if flat else [None])
+    median, spread = milliseconds(singles[None][0])
+    timing = {"single_query_ms": median, "single_query_ms_min_max": spread}
+    if flat:
+        unsplit = milliseconds(singles[1][0])
+        timing |= {
+            "single_query_unsplit_ms": unsplit[0],
+            "single_query_unsplit_ms_min_max": unsplit[1],
+            "split_equals_unsplit": bool(np.array_equal(singles[None][1], singles[1][1])),
+        }
     batches = []
     for _ in range(repeats):
         start = time.perf_counter()
         _, found = index.search(queries, k)
         batches.append((time.perf_counter() - start) / len(queries))
     return {
-        "single_query_ms": round(1000 * statistics.median(singles), 2),
-        "single_query_ms_min_max": [round(1000 * min(singles), 2), round(1000 * max(singles), 2)],
+        **timing,
         "batched_query_ms": round(1000 * statistics.median(batches), 2),
         "found": found,
     }

@@ -7,7 +7,8 @@ source, projector and model from the run's config (a plain container; the plugin
 own installation through :func:`mwga_core.plugin_host.get_host`), calls ``prepare`` on the training
 clips once, then runs the very same :func:`~mwga_core.pipeline.featurize` on each chunk it receives. The
 driver writes every finished chunk to the feature store (so a killed run resumes) and assembles the
-features in clip order.
+features in clip order. :class:`RayFeaturizer` keeps the actors for several calls (``mwga index``
+featurizes batch after batch); :func:`featurize_on_ray` is one call of it.
 
 Identical results: every built-in gradient source computes each clip's gradient from that clip alone
 (its frames, flow, descriptor, id-derived seed) and the projectors are pure functions of (seed, D, P)
@@ -115,10 +116,10 @@ class FeaturizeWorker:
     Args:
         groups: plain containers of the run config's ``gradient``, ``projection`` and ``model`` groups.
         run: ``seed``, ``device``, ``cache_dir``, ``output_dir`` of the driver's :class:`RunContext`.
-        train: the training clips, for the gradient source's ``prepare``.
+        train: the training clips, for the gradient source's ``prepare``; None skips ``prepare``.
     """
 
-    def __init__(self, groups: dict[str, Any], run: dict[str, Any], train: AnalysedClips) -> None:
+    def __init__(self, groups: dict[str, Any], run: dict[str, Any], train: AnalysedClips | None) -> None:
         from mwga_core.pipeline import Components
         from mwga_core.plugin_host import get_host
 
@@ -138,7 +139,8 @@ class FeaturizeWorker:
             output_dir=Path(run["output_dir"]),
             show_progress=False,
         )
-        gradient.prepare(train, self.ctx)
+        if train is not None:
+            gradient.prepare(train, self.ctx)
 
     def checkpoint_id(self) -> str | None:
         return self.components.gradient.checkpoint_id()
@@ -170,54 +172,113 @@ def featurize_on_ray(
     Shape:
         returns: (K, N, P) float32, clips in their order in ``clips``.
     """
-    settings = RaySettings.from_config(cfg)
-    todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
-    if len(todo) == 0:
-        if store is None:
-            raise DataError("there are no clips to featurize")
-        return store.read()
-    ray = connect(settings)
-    workers_wanted = settings.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    chunk_clips = max(1, min(settings.chunk_clips, math.ceil(len(todo) / workers_wanted)))
-    chunks = [todo[start : start + chunk_clips] for start in range(0, len(todo), chunk_clips)]
-    workers = _start_workers(ray, cfg, ctx, train, min(workers_wanted, len(chunks)), checkpoint_id)
-    features: np.ndarray | None = None
-    queue = list(reversed(range(len(chunks))))
-    in_flight: dict[Any, tuple[Any, int]] = {}
-
-    def submit(worker) -> None:
-        if queue:
-            number = queue.pop()
-            in_flight[worker.featurize.remote(clips.subset(chunks[number]))] = (worker, number)
-
-    try:
-        for worker in workers:
-            for _ in range(CHUNKS_IN_FLIGHT_PER_WORKER):
-                submit(worker)
-        with ctx.progress("gradients (ray)", len(todo)) as bar:
-            while in_flight:
-                (ready,), _ = ray.wait(list(in_flight), num_returns=1)
-                worker, number = in_flight.pop(ready)
-                projected = np.asarray(ray.get(ready), dtype=np.float32)  # (K, n, P)
-                indices = chunks[number]
-                if projected.ndim != 3 or projected.shape[1] != len(indices):
-                    raise RuntimeError(
-                        f"a Ray worker returned features of shape {projected.shape} for {len(indices)} clips"
-                    )
-                if features is None:
-                    features = np.zeros((projected.shape[0], len(clips), projected.shape[2]), np.float32)
-                features[:, indices] = projected
-                if store is not None:
-                    store.write(indices, projected)
-                bar.advance(len(indices))
-                submit(worker)
-    finally:
-        for worker in workers:
-            ray.kill(worker)
-    return store.read() if store is not None else features
+    with RayFeaturizer(cfg, ctx, train, checkpoint_id) as featurizer:
+        return featurizer.featurize(clips, store)
 
 
-def _start_workers(ray, cfg: DictConfig, ctx: RunContext, train: AnalysedClips, count: int, checkpoint_id):
+class RayFeaturizer:
+    """Ray actors that featurize chunks of clips, started on the first call and kept for later calls
+    (``mwga index`` featurizes batch after batch); use as a context manager, which kills the actors.
+
+    Args:
+        cfg, ctx, checkpoint_id: as in :func:`featurize_on_ray` (the settings are validated here).
+        train: the clips each actor's gradient source ``prepare`` sees, or None to skip ``prepare``
+            (only for sources whose ``prepare`` does nothing).
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        ctx: RunContext,
+        train: AnalysedClips | None,
+        checkpoint_id: str | None = None,
+    ) -> None:
+        self.settings = RaySettings.from_config(cfg)
+        self.cfg, self.ctx, self.train, self.checkpoint_id = cfg, ctx, train, checkpoint_id
+        self.ray: Any = None
+        self.workers: list[Any] = []
+        self.workers_wanted = 0
+
+    def __enter__(self) -> RayFeaturizer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill the actors (a later :meth:`featurize` starts new ones)."""
+        for worker in self.workers:
+            self.ray.kill(worker)
+        self.workers = []
+
+    def featurize(self, clips: AnalysedClips, store: FeatureStore | None = None) -> np.ndarray:
+        """Featurize ``clips`` over the actors (see :func:`featurize_on_ray`).
+
+        Shape:
+            returns: (K, N, P) float32, clips in their order in ``clips``.
+        """
+        todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
+        if len(todo) == 0:
+            if store is None:
+                raise DataError("there are no clips to featurize")
+            return store.read()
+        if self.ray is None:
+            self.ray = connect(self.settings)
+            self.workers_wanted = self.settings.num_workers or max(
+                1, int(self.ray.cluster_resources().get("CPU", 1))
+            )
+        ray = self.ray
+        chunk_clips = max(1, min(self.settings.chunk_clips, math.ceil(len(todo) / self.workers_wanted)))
+        chunks = [todo[start : start + chunk_clips] for start in range(0, len(todo), chunk_clips)]
+        if len(self.workers) < min(self.workers_wanted, len(chunks)):
+            self.workers += _start_workers(
+                ray,
+                self.cfg,
+                self.ctx,
+                self.train,
+                min(self.workers_wanted, len(chunks)) - len(self.workers),
+                self.checkpoint_id,
+            )
+        features: np.ndarray | None = None
+        queue = list(reversed(range(len(chunks))))
+        in_flight: dict[Any, tuple[Any, int]] = {}
+
+        def submit(worker) -> None:
+            if queue:
+                number = queue.pop()
+                in_flight[worker.featurize.remote(clips.subset(chunks[number]))] = (worker, number)
+
+        try:
+            for worker in self.workers:
+                for _ in range(CHUNKS_IN_FLIGHT_PER_WORKER):
+                    submit(worker)
+            with self.ctx.progress("gradients (ray)", len(todo)) as bar:
+                while in_flight:
+                    (ready,), _ = ray.wait(list(in_flight), num_returns=1)
+                    worker, number = in_flight.pop(ready)
+                    projected = np.asarray(ray.get(ready), dtype=np.float32)  # (K, n, P)
+                    indices = chunks[number]
+                    if projected.ndim != 3 or projected.shape[1] != len(indices):
+                        raise RuntimeError(
+                            f"a Ray worker returned features of shape {projected.shape} for "
+                            f"{len(indices)} clips"
+                        )
+                    if features is None:
+                        features = np.zeros((projected.shape[0], len(clips), projected.shape[2]), np.float32)
+                    features[:, indices] = projected
+                    if store is not None:
+                        store.write(indices, projected)
+                    bar.advance(len(indices))
+                    submit(worker)
+        except BaseException:  # a failed chunk: do not leave the actors busy with the others
+            self.close()
+            raise
+        return store.read() if store is not None else features
+
+
+def _start_workers(
+    ray, cfg: DictConfig, ctx: RunContext, train: AnalysedClips | None, count: int, checkpoint_id
+) -> list[Any]:
     groups = group_configs(cfg, WORKER_GROUPS)
     run = {
         "seed": int(ctx.seed),

@@ -26,10 +26,15 @@ the seed, ``static_threshold``, ``--keep-flows`` and the mwga version. Running a
 identity is refused (``--rebuild`` starts over). Gradient sources that train on the corpus (their
 ``prepare`` does something, e.g. ``gradient=diffusion``) see every clip of the corpus in memory first; when
 their ``checkpoint_id`` changes (the corpus changed, so the model did), every row is recomputed.
+
+With ``executor=ray`` each batch's gradients and projections are computed by Ray actors
+(:class:`mwga_core.distributed.RayFeaturizer`, started once per run); reading and analysis stay here. The
+executor is not part of the identity: it does not change the rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -223,6 +228,7 @@ def index_corpus(
     overrides: list[str] | None = None,
 ) -> IndexSummary:
     """Bring the index at ``index_dir`` up to date with the clips in ``corpus_dir`` (see module docstring)."""
+    from mwga_core.distributed import RayFeaturizer, RaySettings
     from mwga_core.pipeline import analyse, build_components, check_device, featurize
 
     start = time.perf_counter()
@@ -245,6 +251,7 @@ def index_corpus(
             "scorer", cfg.scorer.name, "a scorer that reads features (an index holds features)"
         )
     check_device(cfg.device)
+    on_ray = RaySettings.from_config(cfg).executor == "ray"  # a bad executor value fails before any work
 
     identity = index_identity(cfg, keep_flows)
     if rebuild:
@@ -269,14 +276,14 @@ def index_corpus(
 
     skipped: list[dict[str, str]] = []
     preloaded = None
+    prepared_on = None  # the clips the gradient source was prepared on; Ray workers prepare on them too
     if type(components.gradient).prepare is not GradientSource.prepare:
         # The source trains on the corpus: it needs every clip before any gradient.
         frames, kept, skipped = dataset.read_clips(files)
         preloaded = {f.id: i for i, f in enumerate(kept)}, frames
         with ctx.stage("prepare gradient source"):
-            components.gradient.prepare(
-                analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold), ctx
-            )
+            prepared_on = analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
+            components.gradient.prepare(prepared_on, ctx)
     checkpoint_id = components.gradient.checkpoint_id()
 
     shard_root = index_dir / "shards"
@@ -299,7 +306,12 @@ def index_corpus(
 
     next_shard = 1 + max((int(p.name.split("-")[1]) for p in shard_root.glob("shard-*")), default=0)
     computed = 0
-    with ctx.stage("index") as stage_info, ctx.progress("clips", len(todo)) as bar:
+    ray_featurizer = RayFeaturizer(cfg, ctx, prepared_on, checkpoint_id) if on_ray and todo else None
+    with (
+        ctx.stage("index") as stage_info,
+        ctx.progress("clips", len(todo)) as bar,
+        ray_featurizer or contextlib.nullcontext(),
+    ):
         for begin in range(0, len(todo), batch_size):
             batch = todo[begin : begin + batch_size]
             if preloaded is not None:
@@ -310,8 +322,12 @@ def index_corpus(
                 skipped += left_out
             if kept:
                 analysed = analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
+                if ray_featurizer is not None:
+                    features = ray_featurizer.featurize(analysed)
+                else:
+                    features = featurize(analysed, components, ctx)
                 arrays = {
-                    "features": featurize(analysed, components, ctx),
+                    "features": features,
                     "descriptors": analysed.descriptors.astype(np.float32),
                     "static": analysed.static.astype(bool),
                 }

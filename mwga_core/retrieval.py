@@ -18,12 +18,20 @@ Index kinds (``kind``):
 Metrics (``metric``): ``ip`` (raw inner product) or ``cosine`` (rows and queries L2-normalised, then inner
 product; a zero row stays zero and scores 0).
 
+Threads: FAISS parallelises an exact search over queries, so a single query would scan every row on one
+core. When a flat kind is searched with fewer queries than threads (and holds at least
+``SPLIT_MIN_ROWS`` rows), :meth:`RetrievalIndex.search` instead splits the rows into one contiguous range
+per thread, scans each range in its own thread (FAISS's ``IDSelectorRange`` over the same storage: no
+copy, no extra memory, the saved file unchanged) and merges the per-range top k. The scores are those of
+the single scan; among equal scores the lower row comes first.
+
 faiss is imported inside functions: this module must not slow down ``mwga --help``.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,8 @@ FORMAT_VERSION = 1
 ADD_CHUNK_ROWS = 65536
 #: training rows per IVF cell (k-means subsample); FAISS warns below 39
 TRAIN_ROWS_PER_LIST = 64
+#: fewest rows for which a search of fewer queries than threads is split into per-thread row ranges
+SPLIT_MIN_ROWS = 65536
 
 
 def _faiss():
@@ -123,11 +133,17 @@ class RetrievalIndex:
         for start in range(0, len(rows), ADD_CHUNK_ROWS):
             self.index.add(_prepared(rows[start : start + ADD_CHUNK_ROWS], self.metric))
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` rows per query, best first.
 
         IVF kinds may find fewer than ``k`` rows in the ``nprobe`` scanned cells; FAISS pads those
         places with index -1 and score -3.4e38.
+
+        Args:
+            threads: threads a flat-kind search of fewer than ``threads`` queries splits the rows over
+                (module docstring); None = FAISS's OpenMP thread count, 1 = never split.
 
         Shape:
             queries: (Q, P) or (P,) float16/32/64.
@@ -147,8 +163,53 @@ class RetrievalIndex:
             if not 1 <= probe <= self.index.nlist:
                 raise ConfigValueError("nprobe", probe, f"an integer in [1, {self.index.nlist}] (nlist)")
             self.index.nprobe = int(probe)
-        scores, indices = self.index.search(_prepared(rows, self.metric), int(k))
+        if threads is None:
+            threads = _faiss().omp_get_max_threads()
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigValueError("threads", threads, "an integer >= 1, or None for FAISS's thread count")
+        prepared = _prepared(rows, self.metric)
+        if self.kind in ("flat", "flat_fp16") and len(rows) < threads and self.count >= SPLIT_MIN_ROWS:
+            return self._search_row_ranges(prepared, int(k), int(threads))
+        scores, indices = self.index.search(prepared, int(k))
         return scores, indices.astype(np.int64, copy=False)
+
+    def _search_row_ranges(self, queries: np.ndarray, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top k with the rows split into ``parts`` ranges, one thread each, then merged.
+
+        Shape:
+            queries: (Q, P) float32, prepared. returns: scores (Q, k) float32, indices (Q, k) int64.
+        """
+        faiss = _faiss()
+        bounds = np.linspace(0, self.count, parts + 1).astype(np.int64)
+        ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        if self.kind == "flat":
+            # A zero-copy view of the float32 rows, searched with the kernel an unfiltered single-query
+            # search uses (a selector would pick another kernel, rounding the last float32 bit differently).
+            stored = faiss.rev_swig_ptr(self.index.get_xb(), self.count * self.dim).reshape(self.count, -1)
+
+            def scan(part: int) -> tuple[np.ndarray, np.ndarray]:
+                low, high = ranges[part]
+                scores, indices = faiss.knn(
+                    queries, stored[low:high], min(k, high - low), metric=faiss.METRIC_INNER_PRODUCT
+                )
+                return scores, indices + low
+
+        else:
+            selectors = [faiss.IDSelectorRange(a, b) for a, b in ranges]  # alive for the searches
+            params = [faiss.SearchParameters(sel=selector) for selector in selectors]
+
+            def scan(part: int) -> tuple[np.ndarray, np.ndarray]:
+                low, high = ranges[part]
+                return self.index.search(queries, min(k, high - low), params=params[part])
+
+        # One OpenMP thread inside each range's search: FAISS would give a single query's search a whole
+        # team, all but one of them idle, spinning against the other ranges' threads.
+        with ThreadPoolExecutor(parts, initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
+            found = list(pool.map(scan, range(parts)))
+        scores = np.concatenate([part[0] for part in found], axis=1)
+        indices = np.concatenate([part[1] for part in found], axis=1).astype(np.int64, copy=False)
+        order = np.lexsort((indices, -scores), axis=1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
     # -- persistence -----------------------------------------------------------------------------------
 

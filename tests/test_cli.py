@@ -23,6 +23,10 @@ from mwga_core.errors import DataError
 from mwga_core.pipeline import run_attribution
 
 SMALL = "dataset.num_clips=60"
+#: the paper's simulated gradient: seconds per run, for tests of the CLI's mechanics
+SIMULATED = "method=ours_simulated"
+#: the default method (real gradients) on the small corpus with a short training run
+REAL_SMALL = (SMALL, "model.training.steps=100", "model.training.checkpoints=[50]")
 MWGA = (
     str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
 )
@@ -54,8 +58,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # -- single runs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_run(tmp_path: Path) -> None:
-    done = ok(mwga(cwd=tmp_path))
+    """Bare `mwga`: trains the default model on the 200 clips and attributes with its real gradients."""
+    done = ok(mwga(cwd=tmp_path, timeout=1800))
     out = only(sorted(tmp_path.glob("outputs/*/*"))).resolve()
     for name in ("results.json", "metrics.csv", "table.md", "rankings.csv", ".hydra/config.yaml"):
         assert (out / name).is_file(), name
@@ -65,7 +71,12 @@ def test_default_run(tmp_path: Path) -> None:
     assert results["corpus"] == {"num_train": 200, "num_queries": 6, "class_names": list(PATTERNS)}
     assert results["config"]["dataset"]["num_clips"] == 200
     assert results["config"]["descriptor"] == {"name": "hoof", "bins": 8, "normalize": "l1"}
-    assert results["config"]["projection"] == {"name": "gaussian", "dim": 128}
+    assert (results["config"]["projection"]["name"], results["config"]["projection"]["dim"]) == (
+        "sparse_jl",
+        2048,
+    )
+    assert results["config"]["gradient"]["name"] == "diffusion"
+    assert results["config"]["model"]["conditional"] is False
     mean = results["metrics"]["mean"]
     assert list(mean) == ["P@5", "P@10", "P@20", "R@20", "MRR", "NDCG@20", "score_gap", "mean_gt_rank"]
     assert list(results["metrics"]["per_pattern"]) == list(PATTERNS)
@@ -96,7 +107,7 @@ def test_default_run(tmp_path: Path) -> None:
 
 
 def test_override_of_a_component_field(tmp_path: Path) -> None:
-    ok(mwga("method=ours", "descriptor.bins=16", SMALL, "hydra.run.dir=run", cwd=tmp_path))
+    ok(mwga("method=ours", "descriptor.bins=16", *REAL_SMALL, "hydra.run.dir=run", cwd=tmp_path))
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["descriptor"]["bins"] == 16
     assert results["method"] == "ours"
@@ -107,7 +118,7 @@ def test_override_of_a_component_field(tmp_path: Path) -> None:
 
 
 def test_projection_dim_sweep_writes_the_aggregated_table(tmp_path: Path) -> None:
-    done = ok(mwga("-m", "projection.dim=32,64,128,256,512", SMALL, cwd=tmp_path))
+    done = ok(mwga("-m", "projection.dim=32,64,128,256,512", SIMULATED, SMALL, cwd=tmp_path))
     sweep = only(sorted(tmp_path.glob("multirun/*/*"))).resolve()
     summary = read_csv(sweep / "summary.csv")
     assert [row["projection.dim"] for row in summary] == ["32", "64", "128", "256", "512"]
@@ -122,10 +133,10 @@ def test_projection_dim_sweep_writes_the_aggregated_table(tmp_path: Path) -> Non
 
 
 def test_method_sweep(tmp_path: Path) -> None:
-    ok(mwga("-m", "method=ours,random,appearance,flow_magnitude", SMALL, cwd=tmp_path))
+    ok(mwga("-m", "method=ours_simulated,random,appearance,flow_magnitude", SMALL, cwd=tmp_path))
     sweep = only(sorted(tmp_path.glob("multirun/*/*"))).resolve()
     summary = {row["method"]: row for row in read_csv(sweep / "summary.csv")}
-    assert list(summary) == ["ours", "random", "appearance", "flow_magnitude"]
+    assert list(summary) == ["ours_simulated", "random", "appearance", "flow_magnitude"]
     for method, row in summary.items():
         results = json.loads((sweep / row["job"] / "results.json").read_text())
         assert results["method"] == method
@@ -135,34 +146,39 @@ def test_method_sweep(tmp_path: Path) -> None:
     assert configs["random"]["scorer"]["name"] == "random"
     assert configs["appearance"]["descriptor"]["name"] == "appearance"
     assert configs["flow_magnitude"]["descriptor"]["name"] == "flow_magnitude"
-    assert float(summary["ours"]["P@10"]) > float(summary["random"]["P@10"]) + 0.3
+    assert float(summary["ours_simulated"]["P@10"]) > float(summary["random"]["P@10"]) + 0.3
 
 
-@pytest.fixture(scope="module")
-def seeded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Output folders of two separate `mwga dataset.num_clips=60 seed=0` processes (own caches each)."""
+def seeded_runs(root: Path, *overrides: str) -> dict[str, Path]:
+    """Output folders of two separate `mwga <overrides> seed=0` processes (own caches each)."""
     runs = {}
     for name in ("seed0", "seed0_again"):
-        root = tmp_path_factory.mktemp(name)
-        ok(mwga(SMALL, "seed=0", "hydra.run.dir=run", cwd=root))
-        runs[name] = root / "run"
+        (root / name).mkdir(parents=True)
+        ok(mwga(*overrides, "seed=0", "hydra.run.dir=run", cwd=root / name))
+        runs[name] = root / name / "run"
     return runs
 
 
-def test_same_config_and_seed_give_identical_outputs(seeded_runs: dict[str, Path]) -> None:
+@pytest.mark.slow
+def test_same_config_and_seed_give_identical_outputs(tmp_path: Path) -> None:
+    """The default method from two cold caches: same trained model, gradients and rankings, bit for bit."""
+    runs = seeded_runs(tmp_path, *REAL_SMALL)
     for name in ("results.json", "rankings.csv", "metrics.csv", "table.md"):
-        first = (seeded_runs["seed0"] / name).read_bytes()
-        assert first == (seeded_runs["seed0_again"] / name).read_bytes(), name
+        first = (runs["seed0"] / name).read_bytes()
+        assert first == (runs["seed0_again"] / name).read_bytes(), name
+    assert (
+        json.loads((runs["seed0"] / "results.json").read_text())["config"]["gradient"]["name"] == "diffusion"
+    )
 
 
-def test_joblib_launcher_matches_plain_runs_and_seeds_differ(
-    tmp_path: Path, seeded_runs: dict[str, Path]
-) -> None:
+def test_joblib_launcher_matches_plain_runs_and_seeds_differ(tmp_path: Path) -> None:
+    plain = seeded_runs(tmp_path / "plain", SIMULATED, SMALL)
     ok(
         mwga(
             "-m",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
+            SIMULATED,
             SMALL,
             "seed=0,1",
             "hydra.sweep.dir=sweep",
@@ -174,7 +190,8 @@ def test_joblib_launcher_matches_plain_runs_and_seeds_differ(
     assert (tmp_path / "sweep" / "summary.md").is_file()
     seed0, seed1 = (tmp_path / "sweep" / row["job"] / "results.json" for row in summary)
     # a job in a joblib worker process computes exactly what a plain run computes
-    assert seed0.read_bytes() == (seeded_runs["seed0"] / "results.json").read_bytes()
+    assert seed0.read_bytes() == (plain["seed0"] / "results.json").read_bytes()
+    assert plain["seed0_again"].joinpath("results.json").read_bytes() == seed0.read_bytes()
     # another seed gives other data and other numbers, not only another recorded seed
     assert seed1.read_bytes() != seed0.read_bytes()
     assert json.loads(seed1.read_text())["metrics"] != json.loads(seed0.read_text())["metrics"]
@@ -197,7 +214,7 @@ def test_joblib_launcher_matches_plain_runs_and_seeds_differ(
 def test_user_errors_exit_with_a_message_naming_the_field(
     override: str, expected: list[str], tmp_path: Path
 ) -> None:
-    done = mwga(SMALL, override, cwd=tmp_path)
+    done = mwga(SIMULATED, SMALL, override, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     message = " ".join(done.stderr.split())  # the console may wrap long lines
     assert "error:" in message
@@ -214,7 +231,7 @@ def test_user_errors_exit_with_a_message_naming_the_field(
     ],
 )
 def test_composition_errors_name_the_field(override: str, expected: list[str], tmp_path: Path) -> None:
-    done = mwga(SMALL, override, cwd=tmp_path)
+    done = mwga(SIMULATED, SMALL, override, cwd=tmp_path)
     assert done.returncode == 1  # Hydra's own exit code for a config that does not compose
     for text in expected:
         assert text in done.stderr

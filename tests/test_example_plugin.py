@@ -98,7 +98,9 @@ def test_installed_example_is_listed_as_loaded(plugin_env: dict) -> None:
 @pytest.mark.slow
 def test_run_with_the_example_descriptor(plugin_env: dict) -> None:
     run_dir = plugin_env["base"] / "run"
-    run = _mwga(plugin_env, "descriptor=divergence_curl", "dataset.num_clips=30", cwd=run_dir)
+    run = _mwga(
+        plugin_env, "method=ours_simulated", "descriptor=divergence_curl", "dataset.num_clips=30", cwd=run_dir
+    )
     assert run.returncode == 0, run.stderr
     results = _results(run_dir)
     assert results["config"]["descriptor"] == {
@@ -115,7 +117,12 @@ def test_run_with_the_example_descriptor(plugin_env: dict) -> None:
 @pytest.mark.slow
 def test_example_config_fields_are_hydra_overrides(plugin_env: dict) -> None:
     run_dir = plugin_env["base"] / "override"
-    args = ["descriptor=divergence_curl", "descriptor.include_translation=false", "dataset.num_clips=30"]
+    args = [
+        "method=ours_simulated",
+        "descriptor=divergence_curl",
+        "descriptor.include_translation=false",
+        "dataset.num_clips=30",
+    ]
     run = _mwga(plugin_env, *args, cwd=run_dir)
     assert run.returncode == 0, run.stderr
     assert _results(run_dir)["config"]["descriptor"]["include_translation"] is False

@@ -220,8 +220,12 @@ def test_wheel_install_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> 
     for name in ENTRY_POINTS:
         assert records[name]["status"] == "loaded" and records[name]["registered"], records[name]
 
-    run = venv_run(wheel_venv, [mwga, "dataset.num_clips=30"], tmp_path)
+    # the default method's real-gradient recipe is a YAML option (conf/gradient/) that must ship too
+    default = venv_run(wheel_venv, [mwga, "--cfg", "job"], tmp_path)
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert "contrast: reverse_static" in default.stdout and "method_name: ours" in default.stdout
+    run = venv_run(wheel_venv, [mwga, "method=ours_simulated", "dataset.num_clips=30"], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(next(tmp_path.glob("outputs/*/*/results.json")).read_text())
-    assert results["corpus"]["num_train"] == 30 and results["method"] == "ours"
+    assert results["corpus"]["num_train"] == 30 and results["method"] == "ours_simulated"
     assert "Mean" in run.stdout

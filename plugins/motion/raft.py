@@ -1,10 +1,12 @@
 """RAFT dense optical flow (Teed & Deng 2020) from a local checkpoint, in plain PyTorch.
 
 Loads official princeton-vl checkpoints (``raft-things.pth``, ``raft-small.pth``...) and torchvision
-``raft_large``/``raft_small`` state dicts, or one written by ``mwga train-raft``. Frames whose shorter
-side is below ``min_size`` are upsampled by an integer factor (RAFT's 4-level correlation pyramid needs
-sides >= 128 px); the flow is averaged back over each factor x factor block and divided by the factor.
-Grey frames are replicated to three channels. Frame pairs are batched ``batch_size`` at a time.
+``raft_large``/``raft_small`` state dicts, or one written by ``mwga train-raft`` (RAFT-small or mwga's
+RAFT-tiny, which works at stride 2 on 32x32 clips directly). Frames whose shorter side is below
+``min_size`` (0: the variant's own minimum, 128 px for large/small, 16 px for tiny) are upsampled by an
+integer factor; the flow is averaged back over each factor x factor block and divided by the factor.
+Grey frames are replicated to three channels. Frame pairs are batched ``batch_size`` at a time. The
+weights are loaded (and checked) when the estimator is built.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError, DataError
 from mwga_core.motion import MotionConfig, MotionEstimator
 
-VARIANT_CHOICES = ("auto", "large", "small")
+VARIANT_CHOICES = ("auto", "large", "small", "tiny")
 
 
 @dataclass
@@ -29,18 +31,19 @@ class RaftConfig(MotionConfig):
 
     #: path of a .pth state dict (official or torchvision layout); required
     checkpoint: str = ""
-    #: auto (from the weights), large or small (checked against the weights)
+    #: auto (from the weights), large, small or tiny (checked against the weights)
     variant: str = "auto"
     #: refinement iterations (RAFT's default 12; 20-32 in its evaluations)
     iterations: int = 12
     #: frame pairs per forward pass
     batch_size: int = 8
-    #: frames whose shorter side is below this are upsampled by ceil(min_size / side)
-    min_size: int = 128
+    #: frames whose shorter side is below this are upsampled by ceil(min_size / side); 0 = the variant's
+    #: minimum (128 px for large/small, 16 px for tiny)
+    min_size: int = 0
 
 
 class RaftFlow(MotionEstimator):
-    """RAFT-large or RAFT-small on consecutive frame pairs."""
+    """RAFT-large, -small or -tiny on consecutive frame pairs."""
 
     def __init__(self, config: RaftConfig) -> None:
         super().__init__(config)
@@ -60,23 +63,28 @@ class RaftFlow(MotionEstimator):
             raise ConfigValueError("iterations", c.iterations, "an integer >= 1")
         if c.batch_size < 1:
             raise ConfigValueError("batch_size", c.batch_size, "an integer >= 1")
-        if c.min_size < 128:
+        if c.min_size < 0:
+            raise ConfigValueError("min_size", c.min_size, "0 (the variant's minimum) or a side in px")
+        from mwga_plugins.motion.raft_net.checkpoints import load_raft
+
+        self._model = load_raft(Path(c.checkpoint).expanduser(), c.variant)
+        #: the smallest side the loaded variant's correlation pyramid accepts
+        self.min_side = self._model.spec.min_side
+        if 0 < c.min_size < self.min_side:
             raise ConfigValueError(
-                "min_size", c.min_size, "an integer >= 128 (RAFT's correlation pyramid needs sides >= 128 px)"
+                "min_size",
+                c.min_size,
+                f"0 or an integer >= {self.min_side} (RAFT-{self._model.variant}'s correlation pyramid needs "
+                f"sides >= {self.min_side} px)",
             )
-        self._model = None
 
     def model(self):
-        """The network, loaded from :attr:`RaftConfig.checkpoint` on first use."""
-        if self._model is None:
-            from mwga_plugins.motion.raft_net.checkpoints import load_raft
-
-            self._model = load_raft(Path(self.config.checkpoint).expanduser(), self.config.variant)
+        """The network loaded from :attr:`RaftConfig.checkpoint`."""
         return self._model
 
     def upsampling_factor(self, height: int, width: int) -> int:
         """The integer factor frames of this size are enlarged by (1 when already large enough)."""
-        return max(1, math.ceil(self.config.min_size / min(height, width)))
+        return max(1, math.ceil((self.config.min_size or self.min_side) / min(height, width)))
 
     def estimate_pair(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         frames = np.stack([previous, following])[None, ..., None]
@@ -138,4 +146,4 @@ class RaftFlow(MotionEstimator):
 
 @hookimpl
 def mwga_register_motion_estimators(register):
-    register("raft", RaftFlow, RaftConfig, description="RAFT (large/small) from a local checkpoint")
+    register("raft", RaftFlow, RaftConfig, description="RAFT (large/small/tiny) from a local checkpoint")

@@ -15,7 +15,7 @@ import pytest
 from mwga_core.errors import ConfigValueError, MwgaUserError
 from mwga_core.pipeline import run_attribution
 
-SMALL = ("dataset.num_clips=40", "projection.dim=64")
+SMALL = ("method=ours_simulated", "dataset.num_clips=40", "projection.dim=64")
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,63 @@ def test_ray_diffusion_features_match_local_up_to_float32_rounding(ray_cluster, 
         "model.training.steps=5",
         "model.training.checkpoints=[]",
     )
-    local = run_attribution(compose_config(*tiny, *SMALL[1:], "feature_store=false"), ctx)
+    local = run_attribution(compose_config(*tiny, *SMALL[2:], "feature_store=false"), ctx)
     distributed = run_attribution(
-        compose_config(*tiny, *SMALL[1:], "feature_store=false", "executor=ray", "ray_chunk_clips=5"), ctx
+        compose_config(*tiny, *SMALL[2:], "feature_store=false", "executor=ray", "ray_chunk_clips=5"), ctx
     )
     scale = np.abs(local.train_features).max()
     np.testing.assert_allclose(distributed.train_features, local.train_features, rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(distributed.query_features, local.query_features, rtol=0, atol=1e-5 * scale)
+
+
+def write_clips(folder: Path, start: int, count: int) -> None:
+    """Benchmark clips as uint8 .npy files, folder per pattern (as in tests/core/test_index.py)."""
+    from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, render_clip
+
+    for index in range(start, start + count):
+        pattern = PATTERNS[index % len(PATTERNS)]
+        frames, _ = render_clip(pattern, np.random.default_rng(index), SyntheticConfig(num_frames=8, size=24))
+        (folder / pattern).mkdir(parents=True, exist_ok=True)
+        np.save(folder / pattern / f"clip_{index:03d}.npy", np.rint(frames * 255).astype(np.uint8))
+
+
+def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypatch):
+    from mwga_core import distributed
+    from mwga_core.index import compose_index_config, index_corpus, load_index
+
+    started = []
+    start_workers = distributed._start_workers
+    monkeypatch.setattr(distributed, "_start_workers", lambda *a: started.append(a[4]) or start_workers(*a))
+
+    def make_index(out: Path, *overrides: str):
+        small = [
+            "method=ours_simulated",
+            "dataset.num_frames=8",
+            "dataset.size=[24]",
+            "projection.dim=16",
+            "dataset.labels=folders",
+        ]
+        cfg = compose_index_config([*small, *overrides], host)
+        return index_corpus(tmp_path / "corpus", out, cfg, ctx, host=host, batch_size=4)
+
+    write_clips(tmp_path / "corpus", 0, 10)
+    on_ray = ("executor=ray", "ray_num_workers=2", "ray_chunk_clips=3")
+    distributed_run = make_index(tmp_path / "ray", *on_ray)
+    assert (distributed_run.computed, started) == (10, [2])  # 3 batches, one set of actors
+    make_index(tmp_path / "local")
+    local, remote = load_index(tmp_path / "local"), load_index(tmp_path / "ray")
+    assert remote.clips == local.clips
+    for name in ("features", "descriptors", "static"):
+        np.testing.assert_array_equal(getattr(remote, name), getattr(local, name))
+
+    # executor is not part of the index's identity: Ray extends an index made locally
+    write_clips(tmp_path / "corpus", 10, 3)
+    extended = make_index(tmp_path / "local", *on_ray)
+    assert (extended.computed, extended.reused) == (3, 10)
+    make_index(tmp_path / "fresh")
+    np.testing.assert_array_equal(
+        load_index(tmp_path / "local").features, load_index(tmp_path / "fresh").features
+    )
 
 
 def test_unknown_executor_is_refused_before_any_work(compose_config, ctx):

@@ -211,7 +211,7 @@ def test_subset_keeps_every_field_aligned():
 
 
 def test_pipeline_reuses_stored_features(compose_config, ctx, console_text):
-    cfg = compose_config("dataset.num_clips=30", "projection=sparse_jl")
+    cfg = compose_config("method=ours_simulated", "dataset.num_clips=30", "projection=sparse_jl")
     first = run_attribution(cfg, ctx)
     stores = list((ctx.cache_dir / "features").iterdir())
     assert len(stores) == 2  # train and queries
@@ -219,5 +219,7 @@ def test_pipeline_reuses_stored_features(compose_config, ctx, console_text):
     assert ctx.stage_log[-2]["status"].startswith(f"{30 + len(first.corpus.queries)} of")
     np.testing.assert_array_equal(second.train_features, first.train_features)
     np.testing.assert_array_equal(second.scores, first.scores)
-    off = compose_config("dataset.num_clips=30", "projection=sparse_jl", "feature_store=false")
+    off = compose_config(
+        "method=ours_simulated", "dataset.num_clips=30", "projection=sparse_jl", "feature_store=false"
+    )
     np.testing.assert_array_equal(run_attribution(off, ctx).scores, first.scores)

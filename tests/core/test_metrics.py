@@ -65,7 +65,7 @@ def assert_matches_trec_eval(
         assert evaluation.mean[name] == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("method", ["ours", "random"])
+@pytest.mark.parametrize("method", ["ours_simulated", "random"])
 def test_pipeline_rankings_match_trec_eval(method: str, compose_config, ctx) -> None:
     cfg = compose_config(f"method={method}", "dataset.num_clips=60", "dataset.queries_per_pattern=3")
     result = run_attribution(cfg, ctx)

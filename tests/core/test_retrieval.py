@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from mwga_core import retrieval
 from mwga_core.errors import ConfigValueError, DataError
 from mwga_core.retrieval import RetrievalIndex, build_index
 
@@ -50,6 +51,37 @@ def test_exact_kinds_return_the_numpy_top_k(kind, metric):
     expected = queries[0] @ rows[indices[0, 0]].astype(np.float32)
     if metric == "ip":
         assert scores[0, 0] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "flat_fp16"])
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_a_search_split_over_row_ranges_equals_one_scan(kind, metric, monkeypatch):
+    monkeypatch.setattr(retrieval, "SPLIT_MIN_ROWS", 100)
+    rows = clustered_features(count=2001)
+    rows[1500] = rows[20]  # a tie across ranges: the lower row must come first
+    index = build_index(rows, kind=kind, metric=metric)
+    splits = []
+    split_search = RetrievalIndex._search_row_ranges
+    monkeypatch.setattr(
+        RetrievalIndex, "_search_row_ranges", lambda self, *a: splits.append(a[2]) or split_search(self, *a)
+    )
+    queries = np.concatenate([rows[[20, 999]].astype(np.float32) + 0.1, np.ones((1, 32), np.float32)])
+    for query in queries:
+        one_scan = index.search(query, 15, threads=1)
+        for threads in (2, 3):
+            split = index.search(query, 15, threads=threads)
+            np.testing.assert_array_equal(split[0], one_scan[0])  # bit-identical scores
+            values, counts = np.unique(split[0][0], return_counts=True)
+            ties = np.isin(split[0][0], values[counts > 1])
+            np.testing.assert_array_equal(split[1][0][~ties], one_scan[1][0][~ties])
+            assert set(split[1][0][ties]) == set(one_scan[1][0][ties])
+    found = index.search(rows[20].astype(np.float32), 15, threads=2)[1][0].tolist()
+    assert found.index(20) + 1 == found.index(1500)
+    assert splits == [2, 3] * 3 + [2]  # one query, fewer than threads: split; threads=1: one scan
+    index.search(queries, 5, threads=2)  # 3 queries >= 2 threads: FAISS parallelises over queries
+    assert len(splits) == 7
+    with pytest.raises(ConfigValueError, match=r"threads=0"):
+        index.search(queries, 5, threads=0)
 
 
 def test_cosine_does_not_change_the_callers_arrays():

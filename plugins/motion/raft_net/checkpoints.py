@@ -1,4 +1,5 @@
-"""Loading RAFT weights: official princeton-vl checkpoints and torchvision ``raft_large``/``raft_small``.
+"""Loading RAFT weights: official princeton-vl checkpoints and torchvision ``raft_large``/``raft_small``
+(and mwga's own RAFT-tiny, written by ``mwga train-raft --variant tiny`` in the official layout).
 
 Both layouts hold the same tensors under different names. This module's model uses the official names;
 a torchvision state dict is renamed by :data:`TORCHVISION_TO_OFFICIAL`, an ordered list of regular
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 
 import torch
-from mwga_plugins.motion.raft_net.raft import RAFT, VARIANTS
+from mwga_plugins.motion.raft_net.raft import RAFT, SPECS, VARIANTS
 
 from mwga_core.errors import DataError
 
@@ -73,15 +74,19 @@ def detect_layout(state: dict[str, torch.Tensor]) -> str:
 
 
 def detect_variant(state: dict[str, torch.Tensor]) -> str | None:
-    """``large`` or ``small`` from the stem width of the feature encoder (64 vs 32), official layout."""
+    """``large``, ``small`` or ``tiny`` from the weights' shapes (official layout), None if none fits.
+
+    Large and small differ in the feature encoder's stem width (64 vs 32). Tiny has small's stem width
+    but a convex-upsampling mask head (which small lacks) with 9 * 2 * 2 = 36 outputs (large's has
+    9 * 8 * 8 = 576), so the mask head's output tells it apart.
+    """
     stem = state.get("fnet.conv1.weight")
     if stem is None or stem.ndim != 4:
         return None
+    mask = state.get("update_block.mask.2.weight")
+    if mask is not None and mask.ndim == 4 and int(mask.shape[0]) == 9 * SPECS["tiny"].stride ** 2:
+        return "tiny"
     return {64: "large", 32: "small"}.get(int(stem.shape[0]))
-
-
-def _torchvision_variant(state: dict[str, torch.Tensor]) -> str:
-    return "large" if any(key.startswith("mask_predictor.") for key in state) else "small"
 
 
 def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,11 +95,10 @@ def from_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     The official layout also lists each strided block's shortcut norm as ``norm3`` (residual) or
     ``norm4`` (bottleneck); those aliases are added.
     """
-    variant = _torchvision_variant(state)
-    rules = [
-        (pattern, _GRU_OFFICIAL[variant] if target == "{gru}" else target)
-        for pattern, target in TORCHVISION_TO_OFFICIAL
-    ]
+    # Large has two GRUs (convgru1/2); small and tiny one 3x3 GRU, whose keys lose the GRU index.
+    two_grus = any(".recurrent_block.convgru2." in key for key in state)
+    gru = _GRU_OFFICIAL["large" if two_grus else "small"]
+    rules = [(pattern, gru if target == "{gru}" else target) for pattern, target in TORCHVISION_TO_OFFICIAL]
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         key = re.sub(r"^feature_encoder\.", "fnet.", key)
@@ -213,10 +217,11 @@ def load_raft(path: Path | str, variant: str = "auto") -> RAFT:
 
     Args:
         path: a ``.pth`` file in the official or torchvision layout.
-        variant: ``auto`` (from the weights), ``large`` or ``small`` (checked against the weights).
+        variant: ``auto`` (from the weights), ``large``, ``small`` or ``tiny`` (checked against the
+            weights).
     """
     if variant not in ("auto", *VARIANTS):
-        raise ValueError(f"variant {variant!r} is not one of auto, large, small")
+        raise ValueError(f"variant {variant!r} is not one of auto, {', '.join(VARIANTS)}")
     state = read_state_dict(path)
     found = detect_variant(state)
     if variant == "auto":
@@ -224,13 +229,13 @@ def load_raft(path: Path | str, variant: str = "auto") -> RAFT:
             stem = state.get("fnet.conv1.weight")
             shape = None if stem is None else tuple(stem.shape)
             raise CheckpointError(
-                f"{path}: cannot tell RAFT-large from RAFT-small: fnet.conv1.weight has shape {shape} "
-                "(expected 64 or 32 output channels)"
+                f"{path}: cannot tell RAFT-large, -small or -tiny apart: fnet.conv1.weight has shape "
+                f"{shape} (expected 64 or 32 output channels)"
             )
         variant = found
     elif found is not None and found != variant:
         raise CheckpointError(f"{path} holds RAFT-{found} weights, but variant={variant} was asked for")
-    model = RAFT(small=variant == "small")
+    model = RAFT(variant=variant)
     check_state_dict(model, state, path)
     model.load_state_dict(state)
     return model.eval()

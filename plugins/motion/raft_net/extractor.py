@@ -1,4 +1,4 @@
-"""Feature and context encoders: images to 1/8-resolution feature maps.
+"""Feature and context encoders: images to 1/8-resolution feature maps (1/2 for RAFT-tiny).
 
 Attribute names (``conv1``, ``norm1``, ``layer1.0.conv2``, ``downsample.1``...) are those of the official
 RAFT code, because they are the keys of its checkpoints. A strided block keeps its shortcut norm under
@@ -36,7 +36,8 @@ class ResidualBlock(nn.Module):
         self.norm1 = make_norm(norm, planes)
         self.norm2 = make_norm(norm, planes)
         self.downsample: nn.Module | None = None
-        if stride != 1:
+        # (large/small project only strided blocks; tiny's stages also widen at stride 1)
+        if stride != 1 or in_planes != planes:
             self.norm3 = make_norm(norm, planes)
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm3
@@ -63,7 +64,8 @@ class BottleneckBlock(nn.Module):
         self.norm2 = make_norm(norm, planes // 4)
         self.norm3 = make_norm(norm, planes)
         self.downsample: nn.Module | None = None
-        if stride != 1:
+        # (large/small project only strided blocks; tiny's stages also widen at stride 1)
+        if stride != 1 or in_planes != planes:
             self.norm4 = make_norm(norm, planes)
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm4
@@ -79,21 +81,24 @@ class BottleneckBlock(nn.Module):
 
 
 class _Encoder(nn.Module):
-    """7x7 stride-2 stem, three stages of two blocks (strides 1, 2, 2), 1x1 output convolution."""
+    """7x7 stem (stride 2), three stages of two blocks (strides 1, 2, 2), 1x1 output convolution."""
 
     block: type[nn.Module]
     stem_width: int
     stage_widths: tuple[int, int, int]
+    stem_stride: int = 2
+    stage_strides: tuple[int, int, int] = (1, 2, 2)
 
     def __init__(self, output_dim: int, norm: str = "batch") -> None:
         super().__init__()
         self.norm1 = make_norm(norm, self.stem_width)
-        self.conv1 = nn.Conv2d(3, self.stem_width, kernel_size=7, stride=2, padding=3)
+        self.conv1 = nn.Conv2d(3, self.stem_width, kernel_size=7, stride=self.stem_stride, padding=3)
         self.relu1 = nn.ReLU(inplace=True)
         widths = (self.stem_width, *self.stage_widths)
-        self.layer1 = self._stage(widths[0], widths[1], norm, stride=1)
-        self.layer2 = self._stage(widths[1], widths[2], norm, stride=2)
-        self.layer3 = self._stage(widths[2], widths[3], norm, stride=2)
+        strides = self.stage_strides
+        self.layer1 = self._stage(widths[0], widths[1], norm, stride=strides[0])
+        self.layer2 = self._stage(widths[1], widths[2], norm, stride=strides[1])
+        self.layer3 = self._stage(widths[2], widths[3], norm, stride=strides[2])
         self.conv2 = nn.Conv2d(widths[3], output_dim, kernel_size=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -110,7 +115,7 @@ class _Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shape: x (B, 3, H, W) -> (B, output_dim, H/8, W/8)."""
+        """Shape: x (B, 3, H, W) -> (B, output_dim, H/s, W/s), s = total stride (8; 2 for tiny)."""
         x = self.relu1(self.norm1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.conv2(x)
@@ -130,3 +135,14 @@ class SmallEncoder(_Encoder):
     block = BottleneckBlock
     stem_width = 32
     stage_widths = (32, 64, 96)
+
+
+class TinyEncoder(_Encoder):
+    """RAFT-tiny's encoder (mwga's own): residual blocks, widths 32 -> 32, 48, 64, total stride 2 (only
+    the stem is strided), so 32x32 frames give a 16x16 grid."""
+
+    block = ResidualBlock
+    stem_width = 32
+    stage_widths = (32, 48, 64)
+    stem_stride = 2
+    stage_strides = (1, 1, 1)

@@ -147,3 +147,48 @@ class BasicUpdateBlock(nn.Module):
         motion = self.encoder(flow, corr)
         net = self.gru(net, torch.cat([inp, motion], dim=1))
         return net, MASK_SCALE * self.mask(net), self.flow_head(net)
+
+
+class TinyMotionEncoder(nn.Module):
+    """RAFT-tiny's motion encoder: correlation (1x1 -> 64) and flow (7x7 -> 32, 3x3 -> 16) to 46
+    channels, plus the flow: 48."""
+
+    out_dim = 48
+
+    def __init__(self, corr_channels: int) -> None:
+        super().__init__()
+        self.convc1 = nn.Conv2d(corr_channels, 64, 1, padding=0)
+        self.convf1 = nn.Conv2d(2, 32, 7, padding=3)
+        self.convf2 = nn.Conv2d(32, 16, 3, padding=1)
+        self.conv = nn.Conv2d(64 + 16, self.out_dim - 2, 3, padding=1)
+
+    def forward(self, flow: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+        cor = F.relu(self.convc1(corr))
+        flo = F.relu(self.convf2(F.relu(self.convf1(flow))))
+        out = F.relu(self.conv(torch.cat([cor, flo], dim=1)))
+        return torch.cat([out, flow], dim=1)
+
+
+class TinyUpdateBlock(nn.Module):
+    """RAFT-tiny's update: 3x3 ConvGRU over (context + motion 48), flow head hidden -> 64 -> 2, and a
+    convex-upsampling mask head for x``upsampling`` (9 * upsampling^2 logits, scaled as large's)."""
+
+    def __init__(self, corr_channels: int, hidden_dim: int = 48, context_dim: int = 32, upsampling: int = 2):
+        super().__init__()
+        self.encoder = TinyMotionEncoder(corr_channels)
+        self.gru = ConvGRU(hidden_dim, input_dim=context_dim + TinyMotionEncoder.out_dim)
+        self.flow_head = FlowHead(hidden_dim, hidden_dim=64)
+        self.mask = nn.Sequential(
+            nn.Conv2d(hidden_dim, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 9 * upsampling * upsampling, 1, padding=0),
+        )
+
+    def forward(self, net, inp, corr, flow):
+        """Shape: net (B, 48, h, w), inp (B, 32, h, w), corr (B, 147, h, w), flow (B, 2, h, w).
+
+        Returns (new hidden state, mask logits (B, 9 * upsampling^2, h, w), flow increment (B, 2, h, w)).
+        """
+        motion = self.encoder(flow, corr)
+        net = self.gru(net, torch.cat([inp, motion], dim=1))
+        return net, MASK_SCALE * self.mask(net), self.flow_head(net)

@@ -168,6 +168,7 @@ def test_unlabelled_queries_are_ranked_but_not_evaluated(
     queries = tmp_path / "queries"
     make_videos.write_video(queries / "q.mp4", make_videos.render("horizontal_pan", 3, 16, 32))
     cfg = compose_config(
+        "method=ours_simulated",
         "dataset=video_folder",
         f"dataset.train_dir={folder}",
         f"dataset.query_dir={queries}",

@@ -14,10 +14,11 @@ from mwga_core.models import TrainingConfig
 from mwga_core.testing.contracts import GradientSourceContract, small_analysed
 
 
-def tiny_adapter() -> VideoDenoiserAdapter:
+def tiny_adapter(**fields) -> VideoDenoiserAdapter:
     return VideoDenoiserAdapter(
         VideoDenoiserConfig(
             name="video_denoiser",
+            **fields,
             channels=8,
             blocks=1,
             diffusion_steps=100,
@@ -54,15 +55,25 @@ class TestDiffusionGradientContract(GradientSourceContract):
         return component
 
 
-@pytest.mark.parametrize("fields", [{}, {"output": "dtrak", "weighting": "none", "timesteps": [10, 60]}])
-def test_vmap_gradients_equal_a_per_clip_loop(ctx: RunContext, fields) -> None:
+LOOP_CASES = [
+    {},
+    {"output": "dtrak", "weighting": "none", "timesteps": [10, 60]},
+    {"output": "dtrak", "weighting": "mask", "chunk_size": 3},
+    {"weighting": "scalar", "timesteps": [5, 50, 95], "frame_normalize": False},
+]
+
+
+@pytest.mark.parametrize("engine", ["batched", "vmap"])
+@pytest.mark.parametrize("fields", LOOP_CASES)
+def test_gradients_equal_a_per_clip_loop(ctx: RunContext, fields, engine) -> None:
     train = small_analysed("train")
-    gradient = source(ctx, train, **fields)
-    vmapped = gradients(gradient, train, ctx)[0]
+    gradient = source(ctx, train, engine=engine, **fields)
+    fast = gradients(gradient, train, ctx)[0]
     c, adapter = gradient.config, gradient.trained.adapter
     module = gradient.trained.module()
     noises = gradient._shared_noise(gradient.trained, ctx)
     weights = gradient._loss_weights(train, gradient.trained)
+    scales = gradient._clip_scales(train)
     x0 = adapter.encode(train.clips.frames)
     for i in range(4):
         module.zero_grad()
@@ -76,10 +87,88 @@ def test_vmap_gradients_equal_a_per_clip_loop(ctx: RunContext, fields) -> None:
             if c.output == "loss":
                 total = total + adapter.per_example_loss(prediction, noise[None], w).sum()
             else:
-                total = total + adapter.dtrak_output(prediction).sum()
-        (total / len(c.timesteps) / train.clips.num_frames).backward()
+                total = total + adapter.dtrak_output(prediction if w is None else prediction * w.sqrt()).sum()
+        (total / len(c.timesteps) * float(scales[i])).backward()
         naive = torch.cat([p.grad.reshape(-1) for p in module.parameters()]).numpy()
-        np.testing.assert_allclose(vmapped[i], naive, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(fast[i], naive, rtol=1e-4, atol=1e-7)
+
+
+def assert_same_per_clip(batched: np.ndarray, vmapped: np.ndarray) -> None:
+    """Each clip's gradient vector agrees to 1e-5 relative (norm of the difference / norm)."""
+    assert batched.shape == vmapped.shape
+    # (static clips under the motion mask have an all-zero gradient: both engines must give exactly 0)
+    error = np.linalg.norm(batched - vmapped, axis=-1) / np.maximum(np.linalg.norm(vmapped, axis=-1), 1e-30)
+    assert error.max() < 1e-5, error.max()
+
+
+def engines_agree(ctx: RunContext, train, **fields) -> np.ndarray:
+    batched = gradients(source(ctx, train, engine="batched", **fields), train, ctx)
+    assert_same_per_clip(batched, gradients(source(ctx, train, engine="vmap", **fields), train, ctx))
+    return batched
+
+
+def test_engines_agree_on_the_default_method_path(ctx: RunContext) -> None:
+    # gradient.params=temporal, several timesteps, the motion mask, two checkpoints, ragged chunks
+    train = small_analysed("train")
+    fields = {"params": "temporal", "timesteps": [10, 40, 70, 95], "weighting": "mask"}
+    g = engines_agree(ctx, train, checkpoints=[3, 6], chunk_size=5, **fields)
+    assert g.shape[0] == 2 and np.abs(g).max() > 0
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap over CPU attention
+def test_engines_agree_with_temporal_attention_and_a_regex_selection(ctx: RunContext) -> None:
+    # attention's Linear layers see (clips * tokens) rows; the regex selects norms and embeddings
+    train = small_analysed("train")
+    attention = {"temporal_attention_heads": 2, "temporal_spatial_kernel": 3}
+    for params in ("all", r"norm|embedding|time_mlp"):
+        gradient = DiffusionGradient(
+            DiffusionGradientConfig(name="diffusion", timesteps=[30], chunk_size=4, params=params)
+        )
+        gradient.bind_model(tiny_adapter(**attention))
+        gradient.prepare(train, ctx)
+        batched = gradients(gradient, train, ctx)
+        gradient.config.engine = "vmap"
+        assert_same_per_clip(batched, gradients(gradient, train, ctx))
+
+
+def test_batched_gradients_are_bit_deterministic(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    gradient = source(ctx, train, params="temporal", timesteps=[10, 60])
+    np.testing.assert_array_equal(gradients(gradient, train, ctx), gradients(gradient, train, ctx))
+
+
+def test_bf16_batched_gradients_stay_close_to_float32(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    exact = gradients(source(ctx, train, engine="vmap", weighting="none"), train, ctx)[0]
+    for engine in ("batched", "vmap"):
+        rough = gradients(source(ctx, train, engine=engine, bf16=True, weighting="none"), train, ctx)[0]
+        cosine = (rough * exact).sum(1) / np.linalg.norm(rough, axis=1) / np.linalg.norm(exact, axis=1)
+        assert np.isfinite(rough).all() and cosine.min() > 0.95, (engine, cosine.min())
+
+
+def test_a_model_that_mixes_samples_is_caught_by_the_engine_check(ctx: RunContext) -> None:
+    from torch import nn
+
+    class TimeMajorMixer(nn.Module):
+        """Rows ordered frame-major, (T * B, ...): the batched engine cannot fold them per clip."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = nn.Linear(16 * 16, 16 * 16)
+
+        def forward(self, x, t, labels=None):
+            b, c, frames, h, w = x.shape
+            rows = x.permute(2, 0, 1, 3, 4).reshape(frames * b, c * h * w)
+            return self.mix(rows).reshape(frames, b, c, h, w).permute(1, 2, 0, 3, 4)
+
+    train = small_analysed("train")
+    gradient = source(ctx, train, weighting="none")
+    mixer = TimeMajorMixer()
+    gradient.trained.module = lambda step=None, device="cpu": mixer
+    with pytest.raises(ConfigValueError, match="vmap"):
+        gradients(gradient, train, ctx)
+    gradient.config.engine = "vmap"
+    assert np.abs(gradients(gradient, train, ctx)).max() > 0
 
 
 def test_temporal_subset_is_the_temporal_columns_of_the_full_gradient(ctx: RunContext) -> None:
@@ -160,7 +249,8 @@ def test_motion_mask_is_min_max_normalised_per_clip() -> None:
 
 
 def test_bad_values_name_the_field() -> None:
-    for field, value in [("output", "logits"), ("weighting", "both"), ("timesteps", []), ("params", "[")]:
+    bad = [("output", "logits"), ("weighting", "both"), ("timesteps", []), ("params", "["), ("engine", "jax")]
+    for field, value in bad:
         with pytest.raises(ConfigValueError, match=field):
             DiffusionGradient(DiffusionGradientConfig(name="diffusion", **{field: value}))
 

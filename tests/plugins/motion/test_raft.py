@@ -320,6 +320,7 @@ def _mwga(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # ~10 s on a quiet machine, 36 s measured with the cores shared
 def test_mwga_runs_end_to_end_with_motion_raft(tmp_path, small_checkpoint):
     result = _mwga(
+        "method=ours_simulated",
         "motion=raft",
         f"motion.checkpoint={small_checkpoint}",
         "motion.iterations=1",
@@ -332,6 +333,8 @@ def test_mwga_runs_end_to_end_with_motion_raft(tmp_path, small_checkpoint):
 
 
 def test_mwga_motion_raft_without_checkpoint_explains_itself(tmp_path):
-    result = _mwga("motion=raft", "dataset.num_clips=12", "dataset.num_frames=3", cwd=tmp_path)
+    result = _mwga(
+        "method=ours_simulated", "motion=raft", "dataset.num_clips=12", "dataset.num_frames=3", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "motion.checkpoint" in result.stderr

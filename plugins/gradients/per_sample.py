@@ -1,0 +1,259 @@
+"""Per-sample parameter gradients from ONE batched forward and backward pass.
+
+``torch.func.vmap(grad(f))`` differentiates every sample through its own vectorised graph. When samples
+do not interact (no batch statistics, no attention across samples), the gradient of ``sum_i loss_i``
+with respect to a layer's *output* already holds, in sample i's rows, the gradient of ``loss_i`` alone.
+So one batched forward, one backward that asks autograd only for the outputs of the layers that own
+selected parameters, and a closed-form per-sample weight gradient per layer give every sample's gradient:
+
+* ``nn.Linear``: ``dW_i = sum_s g_i[s]^T x_i[s]`` over the sample's tokens s (a batched matmul).
+* ``nn.Conv1d/2d/3d`` (zero padding, one group): the samples become the groups of one grouped
+  convolution whose weight gradient is per sample; a kernel along the first dim only uses one batched
+  matmul per kernel offset instead (its input windows are views, no copy).
+* ``nn.GroupNorm`` and subclasses that keep its contract (output ``x_hat * weight[c] + bias[c]``,
+  channels on dim 1; e.g. a per-frame norm): ``dW_i = sum g_i x_hat_i``, with ``x_hat`` from the
+  module's own forward at weight 1 and bias 0.
+* any other module owning a selected parameter (Embedding, custom layers): the vector-Jacobian product
+  of that module alone, ``vmap``-ed over its input rows.
+
+Only the outputs of layers owning selected parameters are differentiated, so nothing below the first
+selected layer is back-propagated and frozen weights get no gradient.
+
+Requirements: samples are independent; every module owning a selected parameter takes its rows on dim 0
+of its tensor arguments (no tensor keyword arguments) and returns one tensor with rows on dim 0; rows are
+either the samples or a sample-major flattening of them (``(n * m, ...)`` from a ``(n, m, ...)``
+reshape, as a per-frame or per-token layer sees them). Use ``torch.func`` (``gradient.engine=vmap``) for
+anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+Forward = Callable[..., "torch.Tensor"]
+
+
+def per_sample_gradients(
+    module: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    frozen: dict[str, torch.Tensor],
+    losses: Callable[[Forward], torch.Tensor],
+    batch: int,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of ``losses`` with respect to ``params``.
+
+    ``losses(forward)`` calls ``forward(*args)`` (the module with ``params`` and ``frozen`` swapped in,
+    under ``autocast()``) on a batch of ``batch`` independent samples and returns each sample's
+    objective.
+
+    Shape:
+        losses(forward): (batch,).
+        returns: name -> (batch, *params[name].shape) float32 (the parameter's dtype).
+    """
+    import torch
+    from torch.func import functional_call
+
+    owners: dict[str, list[tuple[str, str]]] = {}  # module path -> [(attribute, parameter name)]
+    for name in params:
+        path, _, attribute = name.rpartition(".")
+        owners.setdefault(path, []).append((attribute, name))
+    leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    captured: list[tuple[str, tuple, torch.Tensor]] = []
+
+    def capture(path: str):
+        def hook(_module, args, kwargs, output):
+            where = f"module {path or type(module).__name__!r}"
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"engine=batched: {where} returns no single tensor; use engine=vmap")
+            if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+                raise TypeError(f"engine=batched: {where} takes tensor keyword arguments; use engine=vmap")
+            if output.requires_grad:
+                captured.append((path, tuple(a.detach() if torch.is_tensor(a) else a for a in args), output))
+
+        return hook
+
+    def forward(*args):
+        with autocast():
+            return functional_call(module, (leaves, frozen), args)
+
+    handles = [
+        module.get_submodule(path).register_forward_hook(capture(path), with_kwargs=True) for path in owners
+    ]
+    try:
+        per_sample = losses(forward)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if tuple(per_sample.shape) != (batch,):
+        raise ValueError(f"losses must return ({batch},) values, got {tuple(per_sample.shape)}")
+    result = {
+        name: torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for name, p in params.items()
+    }
+    if not captured:
+        return result
+    outputs = [output for *_, output in captured]
+    grads_out = torch.autograd.grad(per_sample.sum(), outputs, allow_unused=True)
+    del outputs, per_sample
+    for (path, args, output), grad_out in zip(captured, grads_out, strict=True):
+        if grad_out is None:
+            continue
+        rows = output.shape[0]
+        if rows % batch:
+            raise ValueError(
+                f"engine=batched: module {path!r} sees {rows} rows, not a multiple of the {batch} samples; "
+                "use engine=vmap"
+            )
+        owner = module.get_submodule(path)
+        mine = {attribute: leaves[name] for attribute, name in owners[path]}
+        per_row = _layer_gradients(owner, mine, args, grad_out.detach(), batch, autocast)
+        for attribute, name in owners[path]:
+            grad = per_row[attribute]
+            if grad.shape[0] != batch:  # sample-major rows (batch * m, ...): sum each sample's m rows
+                grad = grad.reshape(batch, rows // batch, *grad.shape[1:]).sum(dim=1)
+            result[name] += grad.to(result[name].dtype)
+    return result
+
+
+def _layer_gradients(
+    owner: torch.nn.Module,
+    mine: dict[str, torch.Tensor],
+    args: tuple,
+    grad_out: torch.Tensor,
+    batch: int,
+    autocast: Callable[[], AbstractContextManager],
+) -> dict[str, torch.Tensor]:
+    """Per-row gradients of the owner's parameters ``mine`` (attribute -> tensor) for one call.
+
+    Shape: grad_out (N, ...) with N = batch * m -> attribute -> (N or batch, *shape).
+    """
+    from torch import nn
+
+    plain_forward = type(owner).forward
+    if set(mine) <= {"weight", "bias"} and len(args) == 1:
+        if isinstance(owner, nn.Linear) and plain_forward is nn.Linear.forward:
+            return _linear_gradients(args[0], grad_out, mine, batch)
+        convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        if (
+            isinstance(owner, convs)
+            and plain_forward in (conv.forward for conv in convs)
+            and owner.groups == 1
+            and owner.padding_mode == "zeros"
+            and not isinstance(owner.padding, str)
+        ):
+            return _conv_gradients(owner, args[0], grad_out, mine)
+        if isinstance(owner, nn.GroupNorm) and owner.affine:
+            return _group_norm_gradients(owner, args[0], grad_out, mine, autocast)
+    return _module_vjp_gradients(owner, mine, args, grad_out, autocast)
+
+
+def _linear_gradients(x: torch.Tensor, grad_out: torch.Tensor, mine: dict, n: int) -> dict[str, torch.Tensor]:
+    """Shape: x (N, ..., in), grad_out (N, ..., out), N = n * m -> weight (n, out, in), bias (n, out)."""
+    g = grad_out.float().reshape(n, -1, grad_out.shape[-1])
+    out = {}
+    if "weight" in mine:
+        out["weight"] = g.transpose(1, 2).bmm(x.float().reshape(n, -1, x.shape[-1]))
+    if "bias" in mine:
+        out["bias"] = g.sum(dim=1)
+    return out
+
+
+def _conv_gradients(conv, x: torch.Tensor, grad_out: torch.Tensor, mine: dict) -> dict[str, torch.Tensor]:
+    """Shape: x (N, C_in, *S), grad_out (N, C_out, *S') -> weight (N, C_out, C_in, *K), bias (N, C_out)."""
+    import torch
+
+    n, c_out, *spatial = grad_out.shape
+    g = grad_out.float().reshape(n, c_out, -1)
+    out = {}
+    if "weight" in mine and all(k == 1 for k in conv.kernel_size[1:]):
+        # dW[o, c, k] = sum_s g[o, s] x_pad[c, s * stride + k * dilation]: a kernel along the first dim
+        # only makes every window a strided view, so one batched matmul per offset needs no copy.
+        pad = [p for size in reversed(conv.padding) for p in (size, size)]
+        padded = torch.nn.functional.pad(x.float(), pad)
+        weight = torch.empty((n, c_out, conv.in_channels, conv.kernel_size[0]), device=x.device)
+        for k in range(conv.kernel_size[0]):
+            start = k * conv.dilation[0]
+            index = [slice(start, start + conv.stride[0] * (spatial[0] - 1) + 1, conv.stride[0])]
+            index += [slice(None, None, s) for s in conv.stride[1:]]
+            window = padded[(slice(None), slice(None), *index)].reshape(n, conv.in_channels, -1)
+            weight[..., k] = g.bmm(window.transpose(1, 2))
+        out["weight"] = weight.reshape(n, *conv.weight.shape)
+    elif "weight" in mine:
+        # The samples as the groups of one grouped convolution, whose weight gradient is per group.
+        grouped_weight = conv.weight.detach().float().repeat(n, *(1,) * (conv.weight.ndim - 1))
+        _, weight, _ = torch.ops.aten.convolution_backward(
+            grad_out.float().reshape(1, n * c_out, *spatial),
+            x.float().reshape(1, n * conv.in_channels, *x.shape[2:]),
+            grouped_weight,
+            None,
+            list(conv.stride),
+            list(conv.padding),
+            list(conv.dilation),
+            False,
+            [0] * len(spatial),
+            n,
+            [False, True, False],
+        )
+        out["weight"] = weight.reshape(n, *conv.weight.shape)
+    if "bias" in mine:
+        out["bias"] = g.sum(dim=2)
+    return out
+
+
+def _group_norm_gradients(
+    norm, x: torch.Tensor, grad_out: torch.Tensor, mine: dict, autocast: Callable
+) -> dict[str, torch.Tensor]:
+    """Shape: x (N, C, ...), grad_out (N, C, ...) -> weight (N, C), bias (N, C)."""
+    import torch
+    from torch.func import functional_call
+
+    n, channels = grad_out.shape[:2]
+    g = grad_out.float().reshape(n, channels, -1)
+    out = {}
+    if "weight" in mine:
+        unit = {
+            "weight": torch.ones_like(norm.weight, dtype=torch.float32),
+            "bias": torch.zeros_like(norm.bias, dtype=torch.float32),
+        }
+        with torch.no_grad(), autocast():
+            x_hat = functional_call(norm, unit, (x,))
+        out["weight"] = (g * x_hat.float().reshape(n, channels, -1)).sum(dim=2)
+    if "bias" in mine:
+        out["bias"] = g.sum(dim=2)
+    return out
+
+
+def _module_vjp_gradients(
+    owner: torch.nn.Module,
+    mine: dict[str, torch.Tensor],
+    args: tuple,
+    grad_out: torch.Tensor,
+    autocast: Callable[[], AbstractContextManager],
+) -> dict[str, torch.Tensor]:
+    """Any module: re-run it alone per row and pull ``grad_out`` back to its own parameters."""
+    import torch
+    from torch.func import functional_call, vjp, vmap
+
+    n = grad_out.shape[0]
+    state = list(owner.named_parameters()) + list(owner.named_buffers())
+    rest = {name: t.detach() for name, t in state if name not in mine}
+    batched = [torch.is_tensor(a) and a.ndim > 0 and a.shape[0] == n for a in args]
+    weights = {attribute: p.detach() for attribute, p in mine.items()}
+
+    def one(row_args: list, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = tuple(a[None] if b else a for a, b in zip(row_args, batched, strict=True))
+
+        def forward(p: dict) -> torch.Tensor:
+            with autocast():
+                return functional_call(owner, (p, rest), inputs)
+
+        output, pull_back = vjp(forward, weights)
+        return pull_back(g[None].to(output.dtype))[0]
+
+    in_dims = ([0 if b else None for b in batched], 0)
+    return vmap(one, in_dims=in_dims)(list(args), grad_out)

@@ -1,0 +1,91 @@
+"""The ``diffusion`` source's motion options: counterfactual contrasts and regional losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
+
+from mwga_core.clips import AnalysedClips
+from mwga_core.context import RunContext
+from mwga_core.errors import ConfigValueError
+from mwga_core.testing.contracts import small_analysed
+
+from test_diffusion_gradient import gradients, source
+
+
+def reversed_in_time(clips: AnalysedClips) -> AnalysedClips:
+    """The same clips played backwards; their flow magnitudes are the originals' in reverse order."""
+    frames = clips.clips.frames[:, ::-1].copy()
+    flows = None if clips.flows is None else -clips.flows[:, ::-1].copy()
+    reversed_set = type(clips.clips)(frames=frames, labels=clips.clips.labels, ids=list(clips.clips.ids))
+    return AnalysedClips(reversed_set, flows, clips.descriptors, clips.static)
+
+
+@pytest.mark.parametrize("weighting", ["none", "mask"])
+def test_reverse_contrast_is_odd_under_time_reversal(ctx: RunContext, weighting: str) -> None:
+    train = small_analysed("train")
+    gradient = source(ctx, train, contrast="reverse", weighting=weighting)
+    forward = gradients(gradient, train, ctx)[0]
+    backward = gradients(gradient, reversed_in_time(train), ctx)[0]
+    assert np.abs(forward).max() > 0
+    np.testing.assert_allclose(backward, -forward, atol=1e-6 * np.abs(forward).max())
+
+
+def test_reverse_contrast_is_half_the_difference_of_two_gradients(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    plain = source(ctx, train, weighting="none")
+    contrasted = source(ctx, train, weighting="none", contrast="reverse")
+    expected = (gradients(plain, train, ctx)[0] - gradients(plain, reversed_in_time(train), ctx)[0]) / 2
+    np.testing.assert_allclose(gradients(contrasted, train, ctx)[0], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_static_contrast_vanishes_on_a_still_clip(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    middle = train.clips.num_frames // 2
+    still_frames = np.repeat(train.clips.frames[:, middle : middle + 1], train.clips.num_frames, axis=1)
+    still = AnalysedClips(
+        type(train.clips)(frames=still_frames, labels=train.clips.labels, ids=list(train.clips.ids)),
+        None,
+        train.descriptors,
+        train.static,
+    )
+    gradient = source(ctx, train, contrast="static", weighting="none")
+    moving = gradients(gradient, train, ctx)[0]
+    assert np.abs(moving).max() > 0
+    np.testing.assert_array_equal(gradients(gradient, still, ctx)[0], 0.0)
+
+
+def test_reverse_static_concatenates_odd_and_weighted_even_parts(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    odd = gradients(source(ctx, train, contrast="reverse", weighting="none"), train, ctx)[0]
+    both = gradients(
+        source(ctx, train, contrast="reverse_static", contrast_static_weight=0.25, weighting="none"),
+        train,
+        ctx,
+    )[0]
+    assert both.shape[1] == 2 * odd.shape[1]
+    np.testing.assert_allclose(both[:, : odd.shape[1]], odd, rtol=1e-5, atol=1e-9)
+    static = gradients(source(ctx, train, contrast="static", weighting="none"), train, ctx)[0]
+    # (even - still) = (g - still) - odd, scaled by the weight
+    np.testing.assert_allclose(both[:, odd.shape[1] :], 0.25 * (static - odd), rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("weighting", ["none", "mask"])
+def test_region_gradients_sum_to_the_whole_frame_gradient(ctx: RunContext, weighting: str) -> None:
+    train = small_analysed("train")
+    whole = gradients(source(ctx, train, weighting=weighting), train, ctx)[0]
+    split = gradients(source(ctx, train, weighting=weighting, regions=2), train, ctx)[0]
+    assert split.shape[1] == 4 * whole.shape[1]
+    cells = split.reshape(len(train), 4, whole.shape[1])
+    assert all(np.abs(cells[:, r]).max() > 0 for r in range(4))
+    np.testing.assert_allclose(cells.sum(axis=1), whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [("contrast", "mirror", "one of"), ("regions", 0, "integer >= 1")],
+)
+def test_bad_motion_options_name_the_field(field: str, value, allowed: str) -> None:
+    with pytest.raises(ConfigValueError, match=f"{field}.*{allowed}"):
+        DiffusionGradient(DiffusionGradientConfig(name="diffusion", **{field: value}))
