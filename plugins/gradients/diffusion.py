@@ -8,8 +8,10 @@ cache (:func:`mwga_core.training.load_or_train`). ``iter_gradients`` then comput
 computed by ``engine``: ``batched`` (default) runs ONE batched forward and backward per chunk of clips and
 forms each clip's gradient from its layer inputs and output gradients (:mod:`.per_sample`); ``vmap``
 runs ``torch.func.vmap(torch.func.grad(...), chunk_size=...)`` over ``functional_call``. Both give the
-same gradients (to float rounding, ~1e-7 relative); ``batched`` is faster on the CPU and never
-back-propagates below the first selected layer. Options:
+same gradients (to float rounding, ~1e-7 relative) at the same speed with all parameters; ``batched``
+never back-propagates below the first selected layer nor into frozen weights and holds one timestep's
+activations at a time, so a parameter subset (``params=temporal``) is faster and needs far less memory
+(``benches/featurize.py``, docs/results-real-gradients.md). Options:
 
 * ``timesteps``: the t_k. MOTIVE uses one fixed timestep; D-TRAK averages several. Each t_k has ONE
   noise draw eps_k shared by every clip, training and query alike (common randomness), seeded from the

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
+from test_diffusion_gradient import gradients, source
 
 from mwga_core.clips import AnalysedClips
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError
 from mwga_core.testing.contracts import small_analysed
-
-from test_diffusion_gradient import gradients, source
 
 
 def reversed_in_time(clips: AnalysedClips) -> AnalysedClips:

@@ -270,6 +270,7 @@ def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
 
 TINY_RUN = [
     "gradient=diffusion",
+    "model.conditional=true",
     "dataset.num_clips=24",
     "dataset.num_frames=5",
     "dataset.size=16",
@@ -297,4 +298,4 @@ def test_generated_queries_need_a_model(compose_config, ctx: RunContext) -> None
     from mwga_core.pipeline import run_attribution
 
     with pytest.raises(ConfigValueError, match="query"):
-        run_attribution(compose_config("query=generated", "dataset.num_clips=12"), ctx)
+        run_attribution(compose_config("query=generated", "gradient=simulated", "dataset.num_clips=24"), ctx)
