@@ -112,6 +112,9 @@ def test_override_of_a_component_field(tmp_path: Path) -> None:
     assert results["config"]["descriptor"]["bins"] == 16
     assert results["method"] == "ours"
     assert results["corpus"]["num_train"] == 60
+    # real gradients of a 100-step model already rank by motion (0.57 measured; random gives ~0.2)
+    assert results["config"]["gradient"]["contrast"] == "reverse_static"
+    assert results["metrics"]["mean"]["NDCG@20"] > 0.35
 
 
 # -- multiruns ------------------------------------------------------------------------------------

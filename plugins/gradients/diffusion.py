@@ -65,6 +65,7 @@ ENGINES = ("batched", "vmap")
 ENGINE_CHECK_TOLERANCE = 1e-3
 WEIGHTINGS = ("none", "scalar", "mask")
 CONTRASTS = ("none", "reverse", "static", "reverse_static")
+REGION_SPLITS = ("loss", "position")
 MASK_EPS = 1e-6
 
 
@@ -90,6 +91,9 @@ class DiffusionGradientConfig(GradientConfig):
     contrast_static_weight: float = 0.4
     #: split the loss into regions x regions spatial cells and concatenate their gradients (1 = whole frame)
     regions: int = 1
+    #: loss (one gradient per cell's loss; any engine) or position (each layer's weight gradient summed per
+    #: cell of its own output grid, from one backward; engine=batched, Conv/GroupNorm parameters)
+    region_split: str = "loss"
     #: clips per vmap chunk / batched pass (memory vs speed)
     chunk_size: int = 16
     #: bfloat16 autocast in the gradient forward pass
@@ -143,6 +147,10 @@ class DiffusionGradient(GradientSource):
             raise ConfigValueError("contrast", c.contrast, f"one of {list(CONTRASTS)}")
         if c.regions < 1:
             raise ConfigValueError("regions", c.regions, "an integer >= 1")
+        if c.region_split not in REGION_SPLITS:
+            raise ConfigValueError("region_split", c.region_split, f"one of {list(REGION_SPLITS)}")
+        if c.regions > 1 and c.region_split == "position" and c.engine != "batched":
+            raise ConfigValueError("region_split", c.region_split, "loss: position needs engine=batched")
         if c.chunk_size < 1:
             raise ConfigValueError("chunk_size", c.chunk_size, "an integer >= 1")
         if c.engine not in ENGINES:
@@ -180,7 +188,13 @@ class DiffusionGradient(GradientSource):
                 list(c.timesteps),
                 f"integers in [0, {self.model_adapter.config.diffusion_steps})",
             )
-        num_classes = int(train.clips.labels.max()) + 1
+        num_classes = max(int(train.clips.labels.max()) + 1, 1)
+        if self.model_adapter.config.conditional and int(train.clips.labels.max()) < 0:
+            raise ConfigValueError(
+                "model.conditional",
+                True,
+                "false: the training clips have no labels to condition on (or give the dataset labels)",
+            )
         self.trained = load_or_train(self.model_adapter, train.clips, num_classes, ctx)
         missing = [s for s in c.checkpoints if s not in self.trained.steps]
         if missing:
@@ -242,7 +256,9 @@ class DiffusionGradient(GradientSource):
         scale = self._clip_scales(clips)
         x0_all = trained.adapter.encode(clips.clips.frames)
         labels_all = torch.as_tensor(clips.clips.labels, dtype=torch.int64).clamp(min=0)
-        per_step_grad = [self._regional(self._per_clip_grad_fn(module, ctx), trained) for module in modules]
+        per_step_grad = [self._per_clip_grad_fn(module, ctx) for module in modules]
+        if self.config.region_split == "loss":
+            per_step_grad = [self._regional(fn, trained) for fn in per_step_grad]
         block = max(self.config.chunk_size * 4, 1)
         for start in range(0, len(clips), block):
             index = np.arange(start, min(start + block, len(clips)))
@@ -384,7 +400,8 @@ class DiffusionGradient(GradientSource):
             )
             return torch.cat([per_clip[name].reshape(x0.shape[0], -1) for name in selected], dim=1).detach()
 
-        sizes = [params[name].numel() for name in selected]
+        position_cells = c.regions if c.region_split == "position" else 1
+        sizes = [params[name].numel() * position_cells**2 for name in selected]
 
         def compute_batched(x0, labels, weight, cast=autocast) -> torch.Tensor:
             # One backward per (chunk, timestep) keeps one timestep's activations alive at a time; each
@@ -398,7 +415,9 @@ class DiffusionGradient(GradientSource):
                     def losses(forward, rows=rows, w=w, k=k):
                         return per_clip_objective(forward, x0[rows], labels[rows], w, steps=[k])
 
-                    grads = per_sample_gradients(module, params, frozen, losses, x0[rows].shape[0], cast)
+                    grads = per_sample_gradients(
+                        module, params, frozen, losses, x0[rows].shape[0], cast, position_cells
+                    )
                     for name, column in zip(selected, out[rows].split(sizes, dim=1), strict=True):
                         column += grads[name].reshape(column.shape)
             return out
@@ -413,6 +432,9 @@ class DiffusionGradient(GradientSource):
                 k = min(2, x0.shape[0])
                 w = None if weight is None else weight[:k]
                 fast = compute_batched(x0[:k], labels[:k], w, lambda: autocast(False))
+                if position_cells > 1:  # the cells of each parameter sum to its whole gradient
+                    parts = fast.split(sizes, dim=1)
+                    fast = torch.cat([part.reshape(k, position_cells**2, -1).sum(1) for part in parts], 1)
                 exact = compute_vmap(x0[:k], labels[:k], w, lambda: autocast(False))
                 error = float(((fast - exact).norm(dim=1) / exact.norm(dim=1).clamp_min(1e-30)).max())
                 if error > ENGINE_CHECK_TOLERANCE:

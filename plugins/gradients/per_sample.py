@@ -45,16 +45,21 @@ def per_sample_gradients(
     losses: Callable[[Forward], torch.Tensor],
     batch: int,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    regions: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Per-sample gradients of ``losses`` with respect to ``params``.
 
     ``losses(forward)`` calls ``forward(*args)`` (the module with ``params`` and ``frozen`` swapped in,
     under ``autocast()``) on a batch of ``batch`` independent samples and returns each sample's
-    objective.
+    objective. With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
+    output it comes from: the sum over output positions is taken per cell of an r x r grid over the
+    output's last two (spatial) dims, for channel-first layers (Conv, GroupNorm); the r^2 cells sum to
+    the whole gradient.
 
     Shape:
         losses(forward): (batch,).
-        returns: name -> (batch, *params[name].shape) float32 (the parameter's dtype).
+        returns: name -> (batch, *params[name].shape), or (batch, r^2, *shape) when regions > 1;
+        float32 (the parameter's dtype).
     """
     import torch
     from torch.func import functional_call
@@ -92,8 +97,10 @@ def per_sample_gradients(
             handle.remove()
     if tuple(per_sample.shape) != (batch,):
         raise ValueError(f"losses must return ({batch},) values, got {tuple(per_sample.shape)}")
+    cells = (regions * regions,) if regions > 1 else ()
     result = {
-        name: torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for name, p in params.items()
+        name: torch.zeros((batch, *cells, *p.shape), dtype=p.dtype, device=p.device)
+        for name, p in params.items()
     }
     if not captured:
         return result
@@ -111,13 +118,41 @@ def per_sample_gradients(
             )
         owner = module.get_submodule(path)
         mine = {attribute: leaves[name] for attribute, name in owners[path]}
-        per_row = _layer_gradients(owner, mine, args, grad_out.detach(), batch, autocast)
+        grad_out = grad_out.detach()
+        if regions == 1:
+            per_cell = [_layer_gradients(owner, mine, args, grad_out, batch, autocast)]
+        else:
+            per_cell = [
+                _layer_gradients(owner, mine, args, grad_out * mask, batch, autocast)
+                for mask in _cell_masks(owner, path, grad_out, regions)
+            ]
         for attribute, name in owners[path]:
-            grad = per_row[attribute]
+            grad = torch.stack([cell[attribute] for cell in per_cell], dim=1)  # (rows, cells, ...)
             if grad.shape[0] != batch:  # sample-major rows (batch * m, ...): sum each sample's m rows
                 grad = grad.reshape(batch, rows // batch, *grad.shape[1:]).sum(dim=1)
-            result[name] += grad.to(result[name].dtype)
+            result[name] += grad.reshape(result[name].shape).to(result[name].dtype)
     return result
+
+
+def _cell_masks(owner: torch.nn.Module, path: str, grad_out: torch.Tensor, regions: int) -> list:
+    """0/1 masks of the regions x regions cells over the last two dims of a channel-first output."""
+    import torch
+    from torch import nn
+
+    if not isinstance(owner, (nn.Conv2d, nn.Conv3d, nn.GroupNorm)) or grad_out.ndim < 4:
+        raise ValueError(
+            f"regions > 1 with region_split=position: module {path!r} ({type(owner).__name__}) has no "
+            "channel-first spatial output (Conv2d, Conv3d or GroupNorm over (N, C, ..., H, W)); "
+            "select other parameters or use region_split=loss"
+        )
+    height, width = grad_out.shape[-2:]
+    rows = torch.arange(height, device=grad_out.device) * regions // height
+    cols = torch.arange(width, device=grad_out.device) * regions // width
+    return [
+        ((rows[:, None] == r) & (cols[None, :] == k)).to(grad_out.dtype)
+        for r in range(regions)
+        for k in range(regions)
+    ]
 
 
 def _layer_gradients(

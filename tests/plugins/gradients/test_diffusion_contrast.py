@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
-from test_diffusion_gradient import gradients, source
+from test_diffusion_gradient import gradients, source, tiny_adapter
 
 from mwga_core.clips import AnalysedClips
 from mwga_core.context import RunContext
@@ -88,3 +88,50 @@ def test_region_gradients_sum_to_the_whole_frame_gradient(ctx: RunContext, weigh
 def test_bad_motion_options_name_the_field(field: str, value, allowed: str) -> None:
     with pytest.raises(ConfigValueError, match=f"{field}.*{allowed}"):
         DiffusionGradient(DiffusionGradientConfig(name="diffusion", **{field: value}))
+
+
+def test_position_cells_sum_to_the_whole_frame_gradient(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    selection = {"weighting": "none", "params": r"temporal\.weight"}
+    whole = gradients(source(ctx, train, **selection), train, ctx)[0]
+    split = gradients(source(ctx, train, **selection, regions=2, region_split="position"), train, ctx)[0]
+    assert split.shape[1] == 4 * whole.shape[1]
+    cells = split.reshape(len(train), 4, whole.shape[1])  # one temporal layer in the tiny model
+    assert all(np.abs(cells[:, r]).max() > 0 for r in range(4))
+    np.testing.assert_allclose(cells.sum(axis=1), whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
+    # position cells differ from loss cells (the sum over positions, not over the loss, is split)
+    by_loss = gradients(source(ctx, train, **selection, regions=2), train, ctx)[0]
+    assert not np.allclose(by_loss, split)
+
+
+def test_position_split_refuses_layers_without_a_spatial_grid(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    gradient = source(ctx, train, weighting="none", params="patch_in", regions=2, region_split="position")
+    with pytest.raises(ValueError, match="patch_in.*region_split=loss"):
+        gradients(gradient, train, ctx)
+
+
+def test_position_split_needs_the_batched_engine() -> None:
+    with pytest.raises(ConfigValueError, match="region_split.*engine=batched"):
+        DiffusionGradient(
+            DiffusionGradientConfig(name="diffusion", regions=2, region_split="position", engine="vmap")
+        )
+
+
+def test_a_conditional_model_on_unlabelled_clips_is_refused_naming_the_field(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    unlabelled = AnalysedClips(
+        type(train.clips)(
+            frames=train.clips.frames, labels=np.full(len(train), -1), ids=list(train.clips.ids)
+        ),
+        train.flows,
+        train.descriptors,
+        train.static,
+    )
+    gradient = DiffusionGradient(DiffusionGradientConfig(name="diffusion", timesteps=[30]))
+    gradient.bind_model(tiny_adapter(conditional=True))
+    with pytest.raises(ConfigValueError, match="conditional.*no labels"):
+        gradient.prepare(unlabelled, ctx)
+    gradient.bind_model(tiny_adapter(conditional=False))
+    gradient.prepare(unlabelled, ctx)  # an unconditional model needs no labels
+    assert np.isfinite(gradients(gradient, unlabelled, ctx)).all()
