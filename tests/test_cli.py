@@ -277,7 +277,9 @@ class DoctoredPlugin:
 @pytest.fixture
 def doctored(host, compose_config):
     host.add_plugin(DoctoredPlugin(), "doctored")
-    return lambda *overrides: compose_config("dataset=doctored", "dataset.num_clips=24", *overrides)
+    return lambda *overrides: compose_config(
+        "method=ours_simulated", "dataset=doctored", "dataset.num_clips=24", *overrides
+    )
 
 
 def test_static_query_is_refused_naming_the_query(doctored, ctx) -> None:

@@ -218,7 +218,7 @@ def test_cached_and_uncached_runs_write_identical_results(tmp_path: Path) -> Non
     env["MWGA_CACHE_DIR"] = str(tmp_path / "cache")
     results, statuses = [], []
     for number, switch in enumerate(("cache.enabled=false", "cache.enabled=true", "cache.enabled=true")):
-        args = ["dataset.num_clips=30", f"hydra.run.dir=run-{number}", switch]
+        args = ["method=ours_simulated", "dataset.num_clips=30", f"hydra.run.dir=run-{number}", switch]
         done = subprocess.run(
             [MWGA, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
