@@ -272,17 +272,13 @@ class DiffusionGradient(GradientSource):
     def _regional(self, grad_fn, trained: TrainedModel):
         """``grad_fn`` with the loss split into ``regions`` x ``regions`` cells, gradients concatenated."""
         import torch
+        from mwga_plugins.gradients.per_sample import grid_cells
 
-        cells = self.config.regions
-        if cells == 1:
+        if self.config.regions == 1:
             return grad_fn
         frames, height, width = trained.adapter.loss_grid(trained.clip_shape)
-        rows = torch.arange(height) * cells // height
-        cols = torch.arange(width) * cells // width
         masks = [
-            ((rows[:, None] == r) & (cols[None, :] == k)).float().expand(frames, height, width)
-            for r in range(cells)
-            for k in range(cells)
+            cell.expand(frames, height, width) for cell in grid_cells(height, width, self.config.regions)
         ]
 
         def compute(x0: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

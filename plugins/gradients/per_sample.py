@@ -136,7 +136,6 @@ def per_sample_gradients(
 
 def _cell_masks(owner: torch.nn.Module, path: str, grad_out: torch.Tensor, regions: int) -> list:
     """0/1 masks of the regions x regions cells over the last two dims of a channel-first output."""
-    import torch
     from torch import nn
 
     if not isinstance(owner, (nn.Conv2d, nn.Conv3d, nn.GroupNorm)) or grad_out.ndim < 4:
@@ -146,12 +145,20 @@ def _cell_masks(owner: torch.nn.Module, path: str, grad_out: torch.Tensor, regio
             "select other parameters or use region_split=loss"
         )
     height, width = grad_out.shape[-2:]
-    rows = torch.arange(height, device=grad_out.device) * regions // height
-    cols = torch.arange(width, device=grad_out.device) * regions // width
+    return [mask.to(grad_out.device, grad_out.dtype) for mask in grid_cells(height, width, regions)]
+
+
+def grid_cells(height: int, width: int, regions: int) -> list[torch.Tensor]:
+    """0/1 float masks of a regions x regions grid of near-equal cells, row by row.
+
+    Shape: returns regions^2 tensors of (height, width) that sum to ones.
+    """
+    import torch
+
+    rows = torch.arange(height) * regions // height
+    cols = torch.arange(width) * regions // width
     return [
-        ((rows[:, None] == r) & (cols[None, :] == k)).to(grad_out.dtype)
-        for r in range(regions)
-        for k in range(regions)
+        ((rows[:, None] == r) & (cols[None, :] == k)).float() for r in range(regions) for k in range(regions)
     ]
 
 
