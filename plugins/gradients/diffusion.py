@@ -145,6 +145,8 @@ class DiffusionGradient(GradientSource):
             raise ConfigValueError("weighting", c.weighting, f"one of {list(WEIGHTINGS)}")
         if c.contrast not in CONTRASTS:
             raise ConfigValueError("contrast", c.contrast, f"one of {list(CONTRASTS)}")
+        if c.contrast_static_weight < 0:
+            raise ConfigValueError("contrast_static_weight", c.contrast_static_weight, "a number >= 0")
         if c.regions < 1:
             raise ConfigValueError("regions", c.regions, "an integer >= 1")
         if c.region_split not in REGION_SPLITS:

@@ -83,7 +83,12 @@ def test_region_gradients_sum_to_the_whole_frame_gradient(ctx: RunContext, weigh
 
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
-    [("contrast", "mirror", "one of"), ("regions", 0, "integer >= 1")],
+    [
+        ("contrast", "mirror", "one of"),
+        ("regions", 0, "integer >= 1"),
+        ("contrast_static_weight", -0.5, "number >= 0"),
+        ("region_split", "pixels", "one of"),
+    ],
 )
 def test_bad_motion_options_name_the_field(field: str, value, allowed: str) -> None:
     with pytest.raises(ConfigValueError, match=f"{field}.*{allowed}"):
