@@ -56,8 +56,13 @@ class GradientSource(ABC):
     def bind_model(self, model: ModelAdapter) -> None:
         """Receive the run's model adapter (config group ``model``); only called when ``uses_model``."""
 
-    def generate_queries(self, class_names: list[str], per_class: int, ctx: RunContext) -> ClipSet:
-        """Sample ``per_class`` query clips per class from the prepared model (``query=generated``)."""
+    def generate_queries(
+        self, class_names: list[str], per_class: int, ctx: RunContext, context: ClipSet | None = None
+    ) -> ClipSet:
+        """Sample ``per_class`` query clips per class from the prepared model (``query=generated``).
+
+        ``context``: the held-out clips; an image-to-video model continues their first frames.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no model to sample queries from")
 
     def prepare(self, train: AnalysedClips, ctx: RunContext) -> None:

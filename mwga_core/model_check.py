@@ -48,11 +48,19 @@ def hoof_descriptors(frames: np.ndarray, ctx: RunContext) -> np.ndarray:
     return descriptor.describe(frames, flows, ctx)
 
 
-def sample_per_class(model: TrainedModel, per_class: int, ctx: RunContext, purpose: str = "check") -> ClipSet:
+def sample_per_class(
+    model: TrainedModel,
+    per_class: int,
+    ctx: RunContext,
+    purpose: str = "check",
+    context: ClipSet | None = None,
+) -> ClipSet:
     """``per_class`` DDIM samples of the last checkpoint conditioned on each class, as a ClipSet.
 
     Ids are ``generated-<class index>-<j>``; labels are the conditioned classes. The starting noise is
-    seeded from ``ctx.seed_for("generated-clips", purpose)``.
+    seeded from ``ctx.seed_for("generated-clips", purpose)``. An image-to-video model
+    (``model.context_frames`` k > 0) continues the first k frames of ``context`` clips, taken in turn
+    (sample i starts from clip i mod len(context)), so each class is generated from the same frames.
     """
     import torch
 
@@ -63,6 +71,13 @@ def sample_per_class(model: TrainedModel, per_class: int, ctx: RunContext, purpo
     else:
         labels = np.repeat(np.arange(model.num_classes), per_class).astype(np.int64)
         conditioning = torch.as_tensor(labels)
+    k = model.adapter.config.context_frames
+    start = None
+    if k:
+        if context is None or len(context) == 0:
+            raise ValueError(f"model.context_frames={k}: sampling needs clips whose first frames to continue")
+        order = np.arange(len(labels)) % per_class % len(context)
+        start = model.adapter.encode(context.frames[order, :k])
     module = model.module(device=ctx.device)
     frames = model.adapter.sample(
         module,
@@ -71,15 +86,26 @@ def sample_per_class(model: TrainedModel, per_class: int, ctx: RunContext, purpo
         model.clip_shape,
         seed=ctx.seed_for("generated-clips", purpose),
         device=ctx.device,
+        null_label=model.null_label,
+        context=start,
     )
     ids = [f"generated-{c}-{j}" for c in range(model.num_classes) for j in range(per_class)]
     return ClipSet(frames=frames, labels=labels, ids=ids)
 
 
 def check_motion(
-    model: TrainedModel, train: ClipSet, class_names: list[str], per_class: int, ctx: RunContext
+    model: TrainedModel,
+    train: ClipSet,
+    class_names: list[str],
+    per_class: int,
+    ctx: RunContext,
+    context: ClipSet | None = None,
 ) -> MotionCheck:
-    """Sample ``per_class`` clips per class and classify them by nearest class-mean HOOF."""
+    """Sample ``per_class`` clips per class and classify them by nearest class-mean HOOF.
+
+    ``context``: held-out clips whose first frames an image-to-video model continues (see
+    :func:`sample_per_class`).
+    """
     if not model.adapter.config.conditional:
         raise ConfigValueError(
             "model.conditional",
@@ -94,7 +120,7 @@ def check_motion(
         return np.argmin(((desc[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
 
     real_accuracy = float((classify(train_desc) == train.labels).mean())
-    samples = sample_per_class(model, per_class, ctx)
+    samples = sample_per_class(model, per_class, ctx, context=context)
     predicted = classify(hoof_descriptors(samples.frames, ctx).astype(np.float64))
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (samples.labels, predicted), 1)
@@ -146,7 +172,7 @@ def model_check_command(args: list[str]) -> int:
     corpus = host.build("dataset", cfg.dataset).load(ctx)
     adapter = host.build("model", cfg.model)
     model = load_or_train(adapter, corpus.train, len(corpus.class_names), ctx)
-    check = check_motion(model, corpus.train, corpus.class_names, per_class, ctx)
+    check = check_motion(model, corpus.train, corpus.class_names, per_class, ctx, context=corpus.queries)
     log = model.info["training"]
     summary = {
         "model_folder": str(model.folder),

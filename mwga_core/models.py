@@ -33,6 +33,10 @@ from mwga_core.registry import ComponentConfig
 if TYPE_CHECKING:
     import torch
 
+TRAINING_OBJECTIVES = ("eps", "v")
+#: floor of alpha_bar_t in the v objective's 1 / alpha_bar_t weight (the cosine schedule's last step is ~0)
+V_OBJECTIVE_FLOOR = 1e-4
+
 
 @dataclass
 class TrainingConfig:
@@ -50,6 +54,13 @@ class TrainingConfig:
     bf16: bool = True
     #: decay of the exponential moving average of the weights that checkpoints store (0 = raw weights)
     ema: float = 0.99
+    #: classifier-free guidance training: this fraction of examples is trained with the null label (an
+    #: extra class row), so one model predicts both conditionally and unconditionally (conditional only)
+    label_dropout: float = 0.0
+    #: what the training loss measures: eps (the eps-prediction MSE, which weights timestep t by
+    #: alpha_bar_t relative to v and so hardly trains the high-noise steps that set a sample's layout and
+    #: motion) or v (the v-prediction MSE: eps MSE / alpha_bar_t, with alpha_bar_t floored at 1e-4)
+    objective: str = "eps"
 
 
 @dataclass
@@ -64,6 +75,12 @@ class ModelConfig(ComponentConfig):
     diffusion_steps: int = 1000
     #: DDIM steps when sampling
     sample_steps: int = 25
+    #: image-to-video conditioning: the first ``context_frames`` frames are given clean (never noised, not in
+    #: the loss) and the model generates the rest; 0 = the model generates every frame
+    context_frames: int = 0
+    #: classifier-free guidance scale w when sampling a class: eps = eps(null) + w (eps(class) - eps(null));
+    #: 1 = plain conditional sampling; other values need training.label_dropout > 0
+    guidance: float = 1.0
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -89,6 +106,22 @@ class ModelAdapter(ABC):
             raise ConfigValueError("training.warmup", tc.warmup, "an integer >= 0")
         if not 0 <= tc.ema < 1:
             raise ConfigValueError("training.ema", tc.ema, "a number in [0, 1)")
+        if tc.objective not in TRAINING_OBJECTIVES:
+            raise ConfigValueError("training.objective", tc.objective, f"one of {list(TRAINING_OBJECTIVES)}")
+        if not 0 <= tc.label_dropout < 1:
+            raise ConfigValueError("training.label_dropout", tc.label_dropout, "a number in [0, 1)")
+        if tc.label_dropout > 0 and not c.conditional:
+            raise ConfigValueError(
+                "training.label_dropout", tc.label_dropout, "0 for an unconditional model (conditional=false)"
+            )
+        if c.context_frames < 0:
+            raise ConfigValueError("context_frames", c.context_frames, "an integer >= 0")
+        if c.guidance < 0:
+            raise ConfigValueError("guidance", c.guidance, "a number >= 0")
+        if c.guidance != 1 and tc.label_dropout == 0:
+            raise ConfigValueError(
+                "guidance", c.guidance, "1 unless training.label_dropout > 0 (guidance needs the null label)"
+            )
         if any(not 1 <= s <= tc.steps for s in tc.checkpoints):
             raise ConfigValueError("training.checkpoints", list(tc.checkpoints), f"steps in [1, {tc.steps}]")
         self._schedule: NoiseSchedule | None = None
@@ -103,6 +136,14 @@ class ModelAdapter(ABC):
         (B,) int64 or None, and returns eps (B, C, T, H, W). Initialise from torch's global RNG; the
         trainer seeds it.
         """
+
+    def embedding_classes(self, num_classes: int) -> int:
+        """Rows of the class embedding to build: the classes, plus the null label with label dropout."""
+        return num_classes + 1 if self.config.training.label_dropout > 0 else num_classes
+
+    def null_label(self, num_classes: int) -> int | None:
+        """The label that means "no class" (the last embedding row), or None without label dropout."""
+        return num_classes if self.config.training.label_dropout > 0 else None
 
     def temporal_parameter_names(self, module: torch.nn.Module) -> list[str]:
         """Names of the parameters that mix information across frames (``params=temporal``)."""
@@ -139,27 +180,59 @@ class ModelAdapter(ABC):
         return self._schedule
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """DDPM forward noising. Shape: x0, noise (B, C, T, H, W); t (B,) or 0-d int64."""
-        return add_noise(self.schedule, x0, t, noise)
+        """The model's noisy input: DDPM forward noising, with the ``context_frames`` first frames clean.
+
+        Shape: x0, noise (B, C, T, H, W); t (B,) or 0-d int64; returns (B, C, T, H, W).
+        """
+        x_t = add_noise(self.schedule, x0, t, noise)
+        return self.with_context(x_t, x0[:, :, : self.config.context_frames])
+
+    def with_context(self, x_t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``x_t`` with its first frames replaced by the clean ``context`` (B, C, k, H, W); k = 0: unchanged."""
+        import torch
+
+        k = self.config.context_frames
+        if k == 0:
+            return x_t
+        return torch.cat([context.to(x_t.dtype), x_t[:, :, k:]], dim=2)
+
+    def _generated_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The frames the model generates (all but the context frames), for a tensor with time at dim 2."""
+        k = self.config.context_frames
+        return x[:, :, k:] if k and x.ndim >= 3 and x.shape[2] > 1 else x
 
     def per_example_loss(
         self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Eps-prediction MSE per example, optionally weighted per pixel (MOTIVE's motion mask).
+        """Eps-prediction MSE per example over the generated frames, optionally weighted per pixel.
 
         Shape:
             prediction, noise: (B, C, T, H, W).
-            weight: None or broadcastable to (B, C, T, H, W), e.g. (B, 1, T, H, W).
-            returns: (B,), the mean over every other dimension of ``weight * (prediction - noise)^2``.
+            weight: None or broadcastable to (B, C, T, H, W), e.g. (B, 1, T, H, W) (MOTIVE's motion mask).
+            returns: (B,), the mean over every other dimension of ``weight * (prediction - noise)^2``,
+            leaving out the ``context_frames`` first frames.
         """
-        error = (prediction.float() - noise.float()) ** 2
+        error = (self._generated_frames(prediction).float() - self._generated_frames(noise).float()) ** 2
         if weight is not None:
-            error = error * weight
+            error = error * self._generated_frames(weight)
         return error.flatten(1).mean(dim=1)
 
+    def training_loss(self, prediction: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The per-example training loss of ``training.objective`` at timesteps ``t`` (B,). -> (B,).
+
+        ``v``: since eps = sqrt(ab) v + sqrt(1 - ab) x_t, the eps error is sqrt(ab_t) times the v error,
+        so the v MSE is the eps MSE / ab_t.
+        """
+        loss = self.per_example_loss(prediction, noise)
+        if self.config.training.objective == "v":
+            loss = loss / self.schedule.alpha_bars.to(loss.device)[t].clamp_min(V_OBJECTIVE_FLOOR).to(
+                loss.dtype
+            )
+        return loss
+
     def dtrak_output(self, prediction: torch.Tensor) -> torch.Tensor:
-        """D-TRAK's output function, the mean squared norm of the prediction. (B, ...) -> (B,)."""
-        return (prediction.float() ** 2).flatten(1).mean(dim=1)
+        """D-TRAK's output function, the mean squared norm of the prediction's generated frames. -> (B,)."""
+        return (self._generated_frames(prediction).float() ** 2).flatten(1).mean(dim=1)
 
     def sample(
         self,
@@ -169,13 +242,18 @@ class ModelAdapter(ABC):
         clip_shape: tuple[int, int, int, int],
         seed: int,
         device: str = "cpu",
+        null_label: int | None = None,
+        context: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """Class-conditional DDIM samples, as frames.
+        """Class-conditional DDIM samples, as frames, with classifier-free guidance when configured.
 
         Args:
             labels: (count,) int64 classes to condition on, or None (unconditional).
             clip_shape: (T, H, W, C).
             seed: seeds the starting noise.
+            null_label: the "no class" label (see :meth:`null_label`); needed when ``guidance`` != 1.
+            context: (count, C, k, H, W) clean first frames in model space, k = ``context_frames``;
+                needed when k > 0 (image-to-video).
 
         Returns:
             (count, T, H, W, C) float32 frames in [0, 1].
@@ -186,14 +264,34 @@ class ModelAdapter(ABC):
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((count, c, t, h, w), generator=generator).to(device)
         label_tensor = None if labels is None else labels.to(device)
+        guidance = self.config.guidance
+        guided = label_tensor is not None and guidance != 1
+        if guided and null_label is None:
+            raise ConfigValueError("guidance", guidance, "1: this model was trained without a null label")
+        k = self.config.context_frames
+        if k and (context is None or tuple(context.shape) != (count, c, k, h, w)):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"context_frames={k}: pass context of shape {(count, c, k, h, w)}, got {got}")
+        if k:
+            context = context.to(device)
         module.eval()
 
         def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-            return module(x_t, step, label_tensor)
+            x_t = self.with_context(x_t, context)
+            if not guided:
+                return module(x_t, step, label_tensor)
+            # One forward for both halves: the class-conditional and the null-label prediction.
+            both = module(
+                torch.cat([x_t, x_t]),
+                torch.cat([step, step]),
+                torch.cat([label_tensor, label_tensor * 0 + null_label]),
+            )
+            conditional, unconditional = both.chunk(2)
+            return unconditional + guidance * (conditional - unconditional)
 
         with torch.no_grad():
             x0 = ddim_sample(self.schedule, predict, noise, self.config.sample_steps)
-        return self.decode(x0)
+        return self.decode(self.with_context(x0, context))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
 #: bump when the checkpoint layout or the training loop changes meaning
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def config_dict(adapter: ModelAdapter) -> dict[str, Any]:
@@ -43,15 +43,22 @@ def config_dict(adapter: ModelAdapter) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(adapter.config), default=list))
 
 
+#: model config fields that only affect sampling, not the trained weights (left out of the cache key)
+SAMPLING_FIELDS = ("sample_steps", "guidance")
+
+
 def cache_key(adapter: ModelAdapter, clips: ClipSet, num_classes: int, seed: int) -> str:
-    """A 20-hex-digit key of (training data, seed, model + training config, cache format)."""
+    """A 20-hex-digit key of (training data, seed, model + training config, cache format).
+
+    Sampling-only fields (:data:`SAMPLING_FIELDS`) are left out: changing them reuses the trained model.
+    """
     digest = hashlib.blake2b(digest_size=10)
     digest.update(np.ascontiguousarray(clips.frames, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(clips.labels, dtype=np.int64).tobytes())
     meta = {
         "format": CACHE_FORMAT,
         "adapter": type(adapter).__qualname__,
-        "config": config_dict(adapter),
+        "config": {k: v for k, v in config_dict(adapter).items() if k not in SAMPLING_FIELDS},
         "seed": int(seed),
         "num_classes": int(num_classes),
         "shape": list(clips.frames.shape),
@@ -88,6 +95,11 @@ class TrainedModel:
     info: dict
     loaded_from_cache: bool
 
+    @property
+    def null_label(self) -> int | None:
+        """The "no class" label of a model trained with label dropout, else None."""
+        return self.adapter.null_label(self.num_classes)
+
     def checkpoint_path(self, step: int) -> Path:
         return self.folder / f"step-{step:06d}.safetensors"
 
@@ -98,7 +110,7 @@ class TrainedModel:
         step = self.steps[-1] if step is None else step
         if step not in self.steps:
             raise KeyError(f"no checkpoint at step {step}; saved steps: {self.steps}")
-        module = self.adapter.build(self.clip_shape, self.num_classes)
+        module = self.adapter.build(self.clip_shape, self.adapter.embedding_classes(self.num_classes))
         module.load_state_dict(load_file(str(self.checkpoint_path(step))))
         return module.to(device).eval()
 
@@ -140,7 +152,7 @@ def train_denoiser(
     saves = set(checkpoint_steps(adapter))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed_for("model-init"))
-        module = adapter.build(clip_shape, num_classes)
+        module = adapter.build(clip_shape, adapter.embedding_classes(num_classes))
     module.to(device).train()
     # Checkpoints store an exponential moving average of the weights: smoother samples and gradients.
     averaged = {name: p.detach().clone() for name, p in module.state_dict().items()}
@@ -150,6 +162,7 @@ def train_denoiser(
     data = adapter.encode(clips.frames).to(device)
     labels = torch.as_tensor(clips.labels, dtype=torch.int64, device=device)
     conditional = adapter.config.conditional
+    null_label = adapter.null_label(num_classes)
     optimiser = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     generator = torch.Generator().manual_seed(ctx.seed_for("model-training"))
     num_steps = adapter.schedule.num_steps
@@ -163,9 +176,13 @@ def train_denoiser(
             t = torch.randint(0, num_steps, (tc.batch_size,), generator=generator).to(device)
             noise = torch.randn(data[batch].shape, generator=generator).to(device)
             x_t = adapter.add_noise(data[batch], t, noise)
+            batch_labels = labels[batch] if conditional else None
+            if null_label is not None:
+                dropped = (torch.rand(tc.batch_size, generator=generator) < tc.label_dropout).to(device)
+                batch_labels = torch.where(dropped, null_label, batch_labels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                prediction = module(x_t, t, labels[batch] if conditional else None)
-            loss = adapter.per_example_loss(prediction, noise).mean()
+                prediction = module(x_t, t, batch_labels)
+            loss = adapter.training_loss(prediction, noise, t).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -33,9 +33,13 @@ activations at a time, so a parameter subset (``params=temporal``) is faster and
   so that motion whose direction varies over the frame (rotation, zoom) does not cancel in weights that
   every position shares. The cells' gradients sum to the whole-frame gradient.
 
-Conditioning: a class-conditional model sees each clip's label. Training clips use their true label; a
-query's label is its *intended* motion class, as a prompt would be for a text-to-video model (held-out
-queries: the class they were drawn from; generated queries: the class they were sampled for).
+Conditioning (``conditioning``): with ``label``, a class-conditional model sees each clip's label.
+Training clips use their true label; a query's label is its *intended* motion class, as a prompt would be
+for a text-to-video model (held-out queries: the class they were drawn from; generated queries: the class
+they were sampled for). The label alone then separates the classes, so the score says little about
+motion. With ``null``, every clip, training and query alike, is differentiated with the model's null label
+(a model trained with ``model.training.label_dropout`` > 0, classifier-free-guidance style): the model
+can still *generate* per-class queries, but no label reaches the gradients.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ ENGINE_CHECK_TOLERANCE = 1e-3
 WEIGHTINGS = ("none", "scalar", "mask")
 CONTRASTS = ("none", "reverse", "static", "reverse_static")
 REGION_SPLITS = ("loss", "position")
+CONDITIONINGS = ("label", "null")
 MASK_EPS = 1e-6
 
 
@@ -94,6 +99,9 @@ class DiffusionGradientConfig(GradientConfig):
     #: loss (one gradient per cell's loss; any engine) or position (each layer's weight gradient summed per
     #: cell of its own output grid, from one backward; engine=batched, Conv/GroupNorm parameters)
     region_split: str = "loss"
+    #: what a conditional model is given: label (each clip's class) or null (the null label of a model
+    #: trained with label dropout, for every clip: label-free gradients)
+    conditioning: str = "label"
     #: clips per vmap chunk / batched pass (memory vs speed)
     chunk_size: int = 16
     #: bfloat16 autocast in the gradient forward pass
@@ -153,6 +161,8 @@ class DiffusionGradient(GradientSource):
             raise ConfigValueError("region_split", c.region_split, f"one of {list(REGION_SPLITS)}")
         if c.regions > 1 and c.region_split == "position" and c.engine != "batched":
             raise ConfigValueError("region_split", c.region_split, "loss: position needs engine=batched")
+        if c.conditioning not in CONDITIONINGS:
+            raise ConfigValueError("conditioning", c.conditioning, f"one of {list(CONDITIONINGS)}")
         if c.chunk_size < 1:
             raise ConfigValueError("chunk_size", c.chunk_size, "an integer >= 1")
         if c.engine not in ENGINES:
@@ -191,7 +201,16 @@ class DiffusionGradient(GradientSource):
                 f"integers in [0, {self.model_adapter.config.diffusion_steps})",
             )
         num_classes = max(int(train.clips.labels.max()) + 1, 1)
-        if self.model_adapter.config.conditional and int(train.clips.labels.max()) < 0:
+        model_config = self.model_adapter.config
+        if c.conditioning == "null" and not (
+            model_config.conditional and model_config.training.label_dropout > 0
+        ):
+            raise ConfigValueError(
+                "conditioning",
+                c.conditioning,
+                "label, or a model with a null label (model.conditional=true, model.training.label_dropout > 0)",
+            )
+        if model_config.conditional and int(train.clips.labels.max()) < 0:
             raise ConfigValueError(
                 "model.conditional",
                 True,
@@ -210,7 +229,9 @@ class DiffusionGradient(GradientSource):
         steps = list(self.config.checkpoints) or [trained.steps[-1]]
         return f"{trained.info['key']}@" + ",".join(str(s) for s in steps)
 
-    def generate_queries(self, class_names: list[str], per_class: int, ctx: RunContext) -> ClipSet:
+    def generate_queries(
+        self, class_names: list[str], per_class: int, ctx: RunContext, context: ClipSet | None = None
+    ) -> ClipSet:
         from mwga_core.model_check import sample_per_class
 
         trained = self._require_trained()
@@ -220,7 +241,7 @@ class DiffusionGradient(GradientSource):
                 "generated",
                 "heldout: an unconditional model (model.conditional=false) has no class to generate",
             )
-        samples = sample_per_class(trained, per_class, ctx, purpose="queries")
+        samples = sample_per_class(trained, per_class, ctx, purpose="queries", context=context)
         ids = [f"generated-{class_names[label]}-{j % per_class}" for j, label in enumerate(samples.labels)]
         return ClipSet(frames=samples.frames, labels=samples.labels, ids=ids)
 
@@ -257,7 +278,10 @@ class DiffusionGradient(GradientSource):
         weights = self._loss_weights(clips, trained)
         scale = self._clip_scales(clips)
         x0_all = trained.adapter.encode(clips.clips.frames)
-        labels_all = torch.as_tensor(clips.clips.labels, dtype=torch.int64).clamp(min=0)
+        if self.config.conditioning == "null":
+            labels_all = torch.full((len(clips),), trained.null_label, dtype=torch.int64)
+        else:
+            labels_all = torch.as_tensor(clips.clips.labels, dtype=torch.int64).clamp(min=0)
         per_step_grad = [self._per_clip_grad_fn(module, ctx) for module in modules]
         if self.config.region_split == "loss":
             per_step_grad = [self._regional(fn, trained) for fn in per_step_grad]

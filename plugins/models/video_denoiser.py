@@ -118,7 +118,10 @@ def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int,
 
         def __init__(self) -> None:
             super().__init__()
-            self.patch_in = nn.Linear(colours * p * p, c)
+            # Image-to-video (context_frames k > 0): every frame's tokens also see the last clean context
+            # frame's patch at the same place, as SVD concatenates its conditioning frame to each frame.
+            self.context = config.context_frames
+            self.patch_in = nn.Linear(colours * p * p * (2 if self.context else 1), c)
             self.time_mlp = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
             self.class_embedding = nn.Embedding(num_classes, c) if config.conditional else None
             self.blocks = nn.ModuleList(SpaceTimeBlock() for _ in range(config.blocks))
@@ -133,8 +136,12 @@ def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int,
         def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None):
             b = x.shape[0]
             gh, gw = height // p, width // p
-            tokens = x.reshape(b, colours, frames, gh, p, gw, p).permute(0, 2, 3, 5, 1, 4, 6)
-            h = self.patch_in(tokens.reshape(b, frames, gh, gw, colours * p * p))
+            inputs = x
+            if self.context:
+                inputs = torch.cat([x, x[:, :, self.context - 1 : self.context].expand_as(x)], dim=1)
+            channels = inputs.shape[1]
+            tokens = inputs.reshape(b, channels, frames, gh, p, gw, p).permute(0, 2, 3, 5, 1, 4, 6)
+            h = self.patch_in(tokens.reshape(b, frames, gh, gw, channels * p * p))
             h = h.permute(0, 4, 1, 2, 3)  # (B, c, T, gh, gw)
             angles = t.to(self.freqs.dtype)[:, None] * self.freqs[None]
             emb = torch.cat([angles.sin(), angles.cos()], dim=1)

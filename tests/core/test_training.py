@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from mwga_core.models import TrainingConfig
 from mwga_core.testing.contracts import make_context, small_corpus
 
 
-def tiny_adapter(steps: int = 40, checkpoints: tuple[int, ...] = (20,), **fields) -> VideoDenoiserAdapter:
+def tiny_adapter(
+    steps: int = 40,
+    checkpoints: tuple[int, ...] = (20,),
+    label_dropout: float = 0.0,
+    objective: str = "eps",
+    **fields,
+) -> VideoDenoiserAdapter:
     # eps: with the v default the untrained loss already starts low and 40 steps only show its batch
     # noise (per-timestep losses vary 3x), so "the loss falls" would measure luck, not the trainer.
     fields.setdefault("parametrization", "eps")
@@ -29,7 +36,14 @@ def tiny_adapter(steps: int = 40, checkpoints: tuple[int, ...] = (20,), **fields
             diffusion_steps=100,
             sample_steps=4,
             training=TrainingConfig(
-                steps=steps, batch_size=8, lr=1e-2, warmup=5, checkpoints=list(checkpoints), bf16=False
+                steps=steps,
+                batch_size=8,
+                lr=1e-2,
+                warmup=5,
+                checkpoints=list(checkpoints),
+                bf16=False,
+                label_dropout=label_dropout,
+                objective=objective,
             ),
             **fields,
         )
@@ -120,3 +134,156 @@ def test_samples_are_frames_in_range(trained) -> None:
 def test_checkpoint_outside_the_training_run_is_refused() -> None:
     with pytest.raises(ConfigValueError, match="training.checkpoints"):
         tiny_adapter(steps=10, checkpoints=(20,))
+
+
+# -- classifier-free guidance: label dropout in training, guided sampling ---------------------------
+
+
+@pytest.fixture(scope="module")
+def guided(corpus, tmp_path_factory):
+    """A tiny conditional model trained with label dropout 0.3 (so it has a null label)."""
+    ctx = make_context(tmp_path_factory.mktemp("guided"))
+    adapter = tiny_adapter(steps=30, checkpoints=(), label_dropout=0.3)
+    return training.load_or_train(adapter, corpus.train, 6, ctx), ctx
+
+
+def with_guidance(model: training.TrainedModel, guidance: float) -> training.TrainedModel:
+    config = dataclasses.replace(model.adapter.config, guidance=guidance)
+    return dataclasses.replace(model, adapter=type(model.adapter)(config))
+
+
+def test_label_dropout_adds_a_null_label_row(corpus, guided) -> None:
+    model, ctx = guided
+    assert model.null_label == 6
+    assert model.module().class_embedding.weight.shape[0] == 7
+    plain = training.load_or_train(tiny_adapter(steps=2, checkpoints=()), corpus.train, 6, ctx)
+    assert plain.null_label is None and plain.module().class_embedding.weight.shape[0] == 6
+
+
+def test_null_row_is_trained(guided) -> None:
+    # Label dropout must reach the null row: an untrained row would still hold its initial values.
+    model, ctx = guided
+    untouched = tiny_adapter(steps=30, checkpoints=(), label_dropout=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed_for("model-init"))
+        initial = untouched.build(model.clip_shape, 7)
+    trained_row = model.module().class_embedding.weight[6]
+    assert not torch.allclose(trained_row, initial.class_embedding.weight[6])
+
+
+def test_guidance_one_is_plain_conditional_sampling(guided) -> None:
+    model, _ = guided
+    module, labels = model.module(), torch.arange(6)
+    plain = model.adapter.sample(module, labels, 6, model.clip_shape, seed=3)
+    with_null = with_guidance(model, 1.0).adapter.sample(
+        module, labels, 6, model.clip_shape, seed=3, null_label=6
+    )
+    np.testing.assert_array_equal(plain, with_null)
+
+
+def test_guidance_zero_samples_the_null_label(guided) -> None:
+    # eps = eps(null) + 0 * (eps(class) - eps(null)): the class no longer matters.
+    model, _ = guided
+    module = model.module()
+    zero = with_guidance(model, 0.0).adapter
+    guided_samples = zero.sample(module, torch.arange(6), 6, model.clip_shape, seed=3, null_label=6)
+    null_samples = model.adapter.sample(module, torch.full((6,), 6), 6, model.clip_shape, seed=3)
+    np.testing.assert_allclose(guided_samples, null_samples, atol=1e-5)
+
+
+def test_guidance_changes_the_samples(guided) -> None:
+    model, _ = guided
+    module, labels = model.module(), torch.arange(6)
+    plain = model.adapter.sample(module, labels, 6, model.clip_shape, seed=3)
+    strong = with_guidance(model, 4.0).adapter.sample(
+        module, labels, 6, model.clip_shape, seed=3, null_label=6
+    )
+    assert np.abs(plain - strong).max() > 1e-3
+
+
+def test_guidance_without_a_null_label_is_refused() -> None:
+    with pytest.raises(ConfigValueError, match="guidance.*label_dropout"):
+        tiny_adapter(guidance=3.0)
+    model_config = tiny_adapter().config
+    adapter = type(tiny_adapter())(model_config)
+    adapter.config.guidance = 2.0  # bypass validation: sample() must still refuse without a null label
+    with pytest.raises(ConfigValueError, match="guidance"):
+        adapter.sample(adapter.build((5, 16, 16, 1), 6), torch.arange(2), 2, (5, 16, 16, 1), seed=0)
+
+
+def test_label_dropout_needs_a_conditional_model() -> None:
+    with pytest.raises(ConfigValueError, match="training.label_dropout"):
+        tiny_adapter(conditional=False, label_dropout=0.2)
+    with pytest.raises(ConfigValueError, match="training.label_dropout"):
+        tiny_adapter(label_dropout=1.0)
+
+
+def test_sampling_fields_do_not_retrain(corpus) -> None:
+    base = tiny_adapter(label_dropout=0.3)
+    key = training.cache_key(base, corpus.train, 6, seed=0)
+    other = type(base)(dataclasses.replace(base.config, guidance=5.0, sample_steps=2))
+    assert training.cache_key(other, corpus.train, 6, seed=0) == key
+    assert training.cache_key(tiny_adapter(label_dropout=0.2), corpus.train, 6, seed=0) != key
+
+
+# -- image-to-video: context frames -----------------------------------------------------------------
+
+
+def test_context_frames_stay_clean_and_out_of_the_loss() -> None:
+    adapter = tiny_adapter(context_frames=2)
+    x0, noise = torch.rand(3, 1, 5, 16, 16) * 2 - 1, torch.randn(3, 1, 5, 16, 16)
+    x_t = adapter.add_noise(x0, torch.tensor([90, 50, 10]), noise)
+    torch.testing.assert_close(x_t[:, :, :2], x0[:, :, :2], rtol=0, atol=0)
+    assert (x_t[:, :, 2:] - x0[:, :, 2:]).abs().mean() > 0.1
+    prediction = torch.randn(3, 1, 5, 16, 16)
+    changed = prediction.clone()
+    changed[:, :, :2] += 5.0  # the context frames' prediction must not count
+    torch.testing.assert_close(
+        adapter.per_example_loss(prediction, noise), adapter.per_example_loss(changed, noise)
+    )
+    torch.testing.assert_close(adapter.dtrak_output(prediction), adapter.dtrak_output(changed))
+    assert not torch.equal(
+        adapter.per_example_loss(prediction, noise), tiny_adapter().per_example_loss(prediction, noise)
+    )
+
+
+def test_image_to_video_samples_continue_the_context(corpus, tmp_path: Path) -> None:
+    from mwga_core.model_check import sample_per_class
+
+    ctx = make_context(tmp_path)
+    model = training.load_or_train(
+        tiny_adapter(steps=4, checkpoints=(), context_frames=1), corpus.train, 6, ctx
+    )
+    samples = sample_per_class(model, 2, ctx, context=corpus.queries)
+    # sample j of every class starts from query j's first frame
+    starts = corpus.queries.frames[[0, 1] * 6, :1]
+    np.testing.assert_allclose(samples.frames[:, :1], starts, atol=1e-6)
+    assert np.abs(samples.frames[:, 1:] - starts).max() > 1e-3
+    with pytest.raises(ValueError, match="context_frames=1"):
+        sample_per_class(model, 2, ctx)
+
+
+def test_negative_context_frames_are_refused() -> None:
+    with pytest.raises(ConfigValueError, match="context_frames"):
+        tiny_adapter(context_frames=-1)
+
+
+def test_v_objective_is_the_v_prediction_mse() -> None:
+    # eps = sqrt(ab) v + sqrt(1 - ab) x_t, so the v MSE is the eps MSE / ab: check against v computed directly.
+    adapter = tiny_adapter(objective="v")
+    x0, noise = torch.rand(4, 1, 5, 16, 16) * 2 - 1, torch.randn(4, 1, 5, 16, 16)
+    t = torch.tensor([5, 40, 70, 90])  # alpha_bar above the 1e-4 floor
+    eps_prediction = torch.randn(4, 1, 5, 16, 16)
+    ab = adapter.schedule.alpha_bars[t].float().reshape(-1, 1, 1, 1, 1)
+    assert float(ab.min()) > 1e-4
+    x_t = adapter.add_noise(x0, t, noise)
+    v_true = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    v_prediction = (eps_prediction - (1 - ab).sqrt() * x_t) / ab.sqrt()
+    expected = ((v_prediction - v_true) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(
+        adapter.training_loss(eps_prediction, noise, t), expected, rtol=1e-4, atol=1e-6
+    )
+    eps_loss = tiny_adapter().training_loss(eps_prediction, noise, t)
+    torch.testing.assert_close(eps_loss, adapter.per_example_loss(eps_prediction, noise))
+    with pytest.raises(ConfigValueError, match="training.objective"):
+        tiny_adapter(objective="x0")

@@ -14,7 +14,7 @@ from mwga_core.models import TrainingConfig
 from mwga_core.testing.contracts import GradientSourceContract, small_analysed
 
 
-def tiny_adapter(**fields) -> VideoDenoiserAdapter:
+def tiny_adapter(label_dropout: float = 0.0, **fields) -> VideoDenoiserAdapter:
     return VideoDenoiserAdapter(
         VideoDenoiserConfig(
             name="video_denoiser",
@@ -23,15 +23,23 @@ def tiny_adapter(**fields) -> VideoDenoiserAdapter:
             blocks=1,
             diffusion_steps=100,
             sample_steps=3,
-            training=TrainingConfig(steps=6, batch_size=4, warmup=1, checkpoints=[3], bf16=False, ema=0.0),
+            training=TrainingConfig(
+                steps=6,
+                batch_size=4,
+                warmup=1,
+                checkpoints=[3],
+                bf16=False,
+                ema=0.0,
+                label_dropout=label_dropout,
+            ),
         )
     )
 
 
-def source(ctx: RunContext, train=None, **fields) -> DiffusionGradient:
+def source(ctx: RunContext, train=None, model=None, **fields) -> DiffusionGradient:
     config = DiffusionGradientConfig(name="diffusion", **{"timesteps": [30], "chunk_size": 4, **fields})
     gradient = DiffusionGradient(config)
-    gradient.bind_model(tiny_adapter())
+    gradient.bind_model(model or tiny_adapter())
     gradient.prepare(train if train is not None else small_analysed("train"), ctx)
     return gradient
 
@@ -266,6 +274,30 @@ def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
     assert clips.frames.shape == (12, 5, 16, 16, 1)
     assert clips.ids[:3] == ["generated-a-0", "generated-a-1", "generated-b-0"]
     np.testing.assert_array_equal(clips.labels, np.repeat(np.arange(6), 2))
+
+
+def test_null_conditioning_ignores_the_labels(ctx: RunContext) -> None:
+    # conditioning=null differentiates every clip with the null label: relabelling the clips changes
+    # nothing, while conditioning=label sees the relabelling.
+    train = small_analysed("train")
+    guided = tiny_adapter(label_dropout=0.5, guidance=3.0)
+    relabelled = small_analysed("train")
+    relabelled.clips.labels = (relabelled.clips.labels + 1) % 6
+    null = source(ctx, train, model=guided, conditioning="null")
+    np.testing.assert_array_equal(gradients(null, train, ctx), gradients(null, relabelled, ctx))
+    labelled = source(ctx, train, model=guided, conditioning="label")
+    assert not np.allclose(gradients(labelled, train, ctx), gradients(labelled, relabelled, ctx))
+    # the null-label gradient is the model's gradient at label 6 (the extra embedding row)
+    as_class_six = small_analysed("train")
+    as_class_six.clips.labels = np.full(len(as_class_six), 6)
+    np.testing.assert_array_equal(gradients(null, train, ctx), gradients(labelled, as_class_six, ctx))
+
+
+def test_null_conditioning_needs_a_null_label(ctx: RunContext) -> None:
+    with pytest.raises(ConfigValueError, match="conditioning.*label_dropout"):
+        source(ctx, conditioning="null")
+    with pytest.raises(ConfigValueError, match="conditioning"):
+        DiffusionGradient(DiffusionGradientConfig(name="diffusion", conditioning="none"))
 
 
 TINY_RUN = [
