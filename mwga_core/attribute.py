@@ -104,6 +104,7 @@ def attribute(
     Shape:
         query: (K, Q, P); train: (K, N, P).
     """
+    scorer, train = scorer.per_clip(train, ctx)  # the subsets below must score as the whole set does
     count = train.shape[1]
     vote_depth = max(1, math.ceil((1.0 - percentile / 100.0) * count))
     rows, scores = search(query, train, scorer, ctx, min(count, max(top_k, vote_depth)))

@@ -42,5 +42,19 @@ class Scorer(ABC):
             returns: (Q, N) float64 scores.
         """
 
+    def per_clip(self, train: np.ndarray, ctx: RunContext) -> tuple[Scorer, np.ndarray]:
+        """A scorer and training features that score any *subset* of ``train`` as :meth:`score` scores it
+        within the whole set.
+
+        ``mwga attribute`` searches and rescores subsets of the indexed clips, which is only right for a
+        scorer whose score of one clip ignores the others. A scorer that reads the whole training set
+        (e.g. ``cosine`` with ``neighbours``) returns its training-side step applied once to all of
+        ``train`` and a scorer without that step. Default: ``(self, train)``.
+
+        Shape:
+            train: (K, N, P); returns features (K, N, P') for the returned scorer.
+        """
+        return self, train
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

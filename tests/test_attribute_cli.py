@@ -74,27 +74,31 @@ def test_index_and_attribute_sixty_videos(tmp_path: Path) -> None:
     assert (out / "selected_subset.txt").read_text().split() == [c["clip_id"] for c in selected["clips"]]
 
 
-@pytest.mark.parametrize("scorer_name", ["cosine", "dot"])
+@pytest.mark.parametrize("scorer_name", ["cosine", "dot", "cosine_neighbours"])
 def test_the_faiss_search_ranks_like_the_full_score_matrix(scorer_name: str, ctx) -> None:
+    # cosine with neighbours scores a clip with the help of other clips: attribute() must still rank
+    # exactly like the full score matrix, although it searches and rescores subsets.
     from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig
     from mwga_plugins.scorers.dot import DotScorer, DotScorerConfig
 
     from mwga_core.attribute import attribute, search
 
-    scorer = (
-        CosineScorer(CosineScorerConfig(name="cosine"))
-        if scorer_name == "cosine"
-        else DotScorer(DotScorerConfig(name="dot"))
-    )
+    scorer = {
+        "cosine": CosineScorer(CosineScorerConfig(name="cosine")),
+        "dot": DotScorer(DotScorerConfig(name="dot")),
+        "cosine_neighbours": CosineScorer(CosineScorerConfig(name="cosine", neighbours=3)),
+    }[scorer_name]
     rng = np.random.default_rng(0)
     train = rng.standard_normal((2, 300, 24)).astype(np.float32)
     query = rng.standard_normal((2, 3, 24)).astype(np.float32)
     full = scorer.score(query, train, ctx)
-    rows, scores = search(query, train, scorer, ctx, 15)
+    per_clip_scorer, per_clip_train = scorer.per_clip(train, ctx)
+    rows, scores = search(query, per_clip_train, per_clip_scorer, ctx, 15)
     np.testing.assert_array_equal(rows, np.argsort(-full, axis=1, kind="stable")[:, :15])
     np.testing.assert_allclose(scores, np.take_along_axis(full, rows, axis=1), rtol=1e-12)
 
     result = attribute(query, train, scorer, ctx, ["a", "b", "c"], top_k=5, percentile=90.0, votes_k=10)
+    np.testing.assert_array_equal(result.top_rows, rows[:, :5])
     above = full >= np.sort(full, axis=1)[:, [-30]]  # each query's top 30 = 10% of 300
     np.testing.assert_array_equal(result.votes, above.sum(axis=0))
     mean = full.mean(axis=0)

@@ -37,7 +37,7 @@ Conditioning (``conditioning``): with ``label``, a class-conditional model sees 
 Training clips use their true label; a query's label is its *intended* motion class, as a prompt would be
 for a text-to-video model (held-out queries: the class they were drawn from; generated queries: the class
 they were sampled for). The label alone then separates the classes, so the score says little about
-motion. With ``null``, every clip, training and query alike, is differentiated with the model's null label
+motion. With ``unconditional``, every clip, training and query alike, is differentiated with the model's null label
 (a model trained with ``model.training.label_dropout`` > 0, classifier-free-guidance style): the model
 can still *generate* per-class queries, but no label reaches the gradients.
 """
@@ -70,7 +70,7 @@ ENGINE_CHECK_TOLERANCE = 1e-3
 WEIGHTINGS = ("none", "scalar", "mask")
 CONTRASTS = ("none", "reverse", "static", "reverse_static")
 REGION_SPLITS = ("loss", "position")
-CONDITIONINGS = ("label", "null")
+CONDITIONINGS = ("label", "unconditional")
 MASK_EPS = 1e-6
 
 
@@ -99,7 +99,7 @@ class DiffusionGradientConfig(GradientConfig):
     #: loss (one gradient per cell's loss; any engine) or position (each layer's weight gradient summed per
     #: cell of its own output grid, from one backward; engine=batched, Conv/GroupNorm parameters)
     region_split: str = "loss"
-    #: what a conditional model is given: label (each clip's class) or null (the null label of a model
+    #: what a conditional model is given: label (each clip's class) or unconditional (the null label of a model
     #: trained with label dropout, for every clip: label-free gradients)
     conditioning: str = "label"
     #: clips per vmap chunk / batched pass (memory vs speed)
@@ -202,7 +202,7 @@ class DiffusionGradient(GradientSource):
             )
         num_classes = max(int(train.clips.labels.max()) + 1, 1)
         model_config = self.model_adapter.config
-        if c.conditioning == "null" and not (
+        if c.conditioning == "unconditional" and not (
             model_config.conditional and model_config.training.label_dropout > 0
         ):
             raise ConfigValueError(
@@ -278,7 +278,7 @@ class DiffusionGradient(GradientSource):
         weights = self._loss_weights(clips, trained)
         scale = self._clip_scales(clips)
         x0_all = trained.adapter.encode(clips.clips.frames)
-        if self.config.conditioning == "null":
+        if self.config.conditioning == "unconditional":
             labels_all = torch.full((len(clips),), trained.null_label, dtype=torch.int64)
         else:
             labels_all = torch.as_tensor(clips.clips.labels, dtype=torch.int64).clamp(min=0)

@@ -277,13 +277,13 @@ def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
 
 
 def test_null_conditioning_ignores_the_labels(ctx: RunContext) -> None:
-    # conditioning=null differentiates every clip with the null label: relabelling the clips changes
+    # conditioning=unconditional differentiates every clip with the null label: relabelling the clips changes
     # nothing, while conditioning=label sees the relabelling.
     train = small_analysed("train")
     guided = tiny_adapter(label_dropout=0.5, guidance=3.0)
     relabelled = small_analysed("train")
     relabelled.clips.labels = (relabelled.clips.labels + 1) % 6
-    null = source(ctx, train, model=guided, conditioning="null")
+    null = source(ctx, train, model=guided, conditioning="unconditional")
     np.testing.assert_array_equal(gradients(null, train, ctx), gradients(null, relabelled, ctx))
     labelled = source(ctx, train, model=guided, conditioning="label")
     assert not np.allclose(gradients(labelled, train, ctx), gradients(labelled, relabelled, ctx))
@@ -295,7 +295,7 @@ def test_null_conditioning_ignores_the_labels(ctx: RunContext) -> None:
 
 def test_null_conditioning_needs_a_null_label(ctx: RunContext) -> None:
     with pytest.raises(ConfigValueError, match="conditioning.*label_dropout"):
-        source(ctx, conditioning="null")
+        source(ctx, conditioning="unconditional")
     with pytest.raises(ConfigValueError, match="conditioning"):
         DiffusionGradient(DiffusionGradientConfig(name="diffusion", conditioning="none"))
 
