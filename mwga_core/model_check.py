@@ -113,6 +113,17 @@ def sample_per_class(
     return ClipSet(frames=np.concatenate(frames), labels=labels, ids=ids)
 
 
+def require_conditional(adapter) -> None:
+    """The check samples clips of each class: refuse an unconditional model, before any training."""
+    if not adapter.config.conditional:
+        raise ConfigValueError(
+            "model.conditional",
+            False,
+            "true: the check samples clips of each class, which needs a conditional model "
+            "(method=ours uses an unconditional one; try method=ours_generative)",
+        )
+
+
 def check_motion(
     model: TrainedModel,
     train: ClipSet,
@@ -126,12 +137,7 @@ def check_motion(
     ``context``: held-out clips whose first frames an image-to-video model continues (see
     :func:`sample_per_class`).
     """
-    if not model.adapter.config.conditional:
-        raise ConfigValueError(
-            "model.conditional",
-            False,
-            "true: the check samples clips of each class, which needs a conditional model",
-        )
+    require_conditional(model.adapter)
     classes = len(class_names)
     train_desc = hoof_descriptors(train.frames, ctx).astype(np.float64)
     means = np.stack([train_desc[train.labels == c].mean(axis=0) for c in range(classes)])
@@ -202,6 +208,7 @@ def model_check_command(args: list[str]) -> int:
     )
     corpus = host.build("dataset", cfg.dataset).load(ctx)
     adapter = host.build("model", cfg.model)
+    require_conditional(adapter)
     model = load_or_train(adapter, corpus.train, len(corpus.class_names), ctx)
     check = check_motion(model, corpus.train, corpus.class_names, per_class, ctx, context=corpus.queries)
     log = model.info["training"]

@@ -239,7 +239,8 @@ class DiffusionGradient(GradientSource):
             raise ConfigValueError(
                 "query",
                 "generated",
-                "heldout: an unconditional model (model.conditional=false) has no class to generate",
+                "heldout: an unconditional model (model.conditional=false) has no class to generate; "
+                "method=ours_generative trains one that can",
             )
         samples = sample_per_class(trained, per_class, ctx, purpose="queries", context=context)
         ids = [f"generated-{class_names[label]}-{j % per_class}" for j, label in enumerate(samples.labels)]

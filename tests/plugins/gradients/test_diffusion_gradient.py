@@ -331,3 +331,14 @@ def test_generated_queries_need_a_model(compose_config, ctx: RunContext) -> None
 
     with pytest.raises(ConfigValueError, match="query"):
         run_attribution(compose_config("query=generated", "gradient=simulated", "dataset.num_clips=24"), ctx)
+
+
+def test_ours_generative_preset_attributes_generated_queries(compose_config, ctx: RunContext) -> None:
+    from mwga_core.pipeline import run_attribution
+
+    tiny = [field for field in TINY_RUN if not field.startswith(("gradient=", "model.conditional"))]
+    cfg = compose_config("method=ours_generative", *tiny, "query=generated", "projection.dim=64")
+    assert cfg.gradient.conditioning == "unconditional" and cfg.model.training.label_dropout == 0.2
+    result = run_attribution(cfg, ctx)
+    assert result.corpus.queries.ids[0] == "generated-horizontal_pan-0"
+    assert result.scores.shape == (6, 24) and np.isfinite(result.scores).all()
