@@ -3,7 +3,8 @@
 Both sides differentiate the same default ``video_denoiser`` (seeded initial weights: throughput does not
 depend on training) on the same clips of the default corpus, with the same objective (eps-prediction
 loss, one shared noise draw per timestep; ``--timesteps``, default one; ``--params``, default all) and
-project to P dims with a Gaussian map.
+project to P dims with a Gaussian map (mwga: ``--projector``, default ``gaussian``; ``sparse_jl`` is the
+projector ``method=ours`` uses).
 
 mwga: the ``diffusion`` gradient source (``--engine`` = ``gradient.engine``: ``batched``, the default,
 one batched forward/backward per chunk; ``vmap``, torch.func) with ``chunk_size = --batch``, run as the
@@ -16,7 +17,7 @@ afterwards); mwga differentiates only the selected ones. Each side runs in its o
 peak resident memory (ru_maxrss) is its own.
 
 Usage: ``python benches/featurize.py [--clips 128] [--batch 32] [--proj-dim 128] [--device cpu]
-[--engine batched|vmap] [--params all|temporal] [--timesteps 500 ...] [--bf16] [--repeats 1]``. Prints
+[--engine batched|vmap] [--projector gaussian|sparse_jl] [--params all|temporal] [--timesteps 500 ...] [--bf16] [--repeats 1]``. Prints
 one JSON object: the settings; per side the best run's ``clips_per_s``, ``seconds``, ``grad_dim``, the
 largest ``peak_rss_mib`` and, with ``--repeats`` > 1, every run's ``clips_per_s_runs`` (the sides run
 alternately, so that a change of machine load hits both); mwga also ``engine`` and
@@ -76,7 +77,7 @@ def run_mwga(args) -> dict:
     trained = TrainedModel(adapter, clip_shape, len(corpus.class_names), ctx.cache_dir, [1], {}, False)
     trained.module = lambda step=None, device="cpu": module  # the seeded weights, no training
     source.trained = trained
-    projector = host.build("projection", {"name": "gaussian", "dim": args.proj_dim})
+    projector = host.build("projection", {"name": args.projector, "dim": args.proj_dim})
     clips = AnalysedClips(clips=corpus.train.subset(np.arange(args.clips)))
 
     chosen = set(source.selected_parameter_names(module))
@@ -163,6 +164,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="mwga side: bfloat16 autocast (gradient.bf16)")
     parser.add_argument("--engine", default="batched", help="mwga side: gradient.engine (batched or vmap)")
+    parser.add_argument(
+        "--projector",
+        default="gaussian",
+        help="mwga side: projection (gaussian, like traker's; sparse_jl, method=ours' projector)",
+    )
     parser.add_argument("--params", default="all", choices=["all", "temporal"], help="gradient.params")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[500], help="gradient.timesteps")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; best is reported")
@@ -177,6 +183,7 @@ def main() -> None:
     report["params"], report["timesteps"] = args.params, args.timesteps
     report["mwga_bf16"] = args.bf16
     report["mwga_engine"] = args.engine
+    report["mwga_projector"] = args.projector
     report["repeats"] = args.repeats
     runs: dict[str, list[dict]] = {"mwga": [], "traker": []}
     for _ in range(args.repeats):  # alternate the sides, so that a change in machine load hits both

@@ -11,8 +11,11 @@ The contract, in model space (``x`` is a clip as the model sees it, channels fir
   noise ``eps`` (same shape as ``x_t``); ``labels`` is None for an unconditional model.
 * :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
   [0, 1] and model space (N, C, T, H, W) in [-1, 1].
-* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`,
-  :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample` have DDPM / DDIM defaults.
+* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`, :meth:`ModelAdapter.training_loss`,
+  :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample` have DDPM / DDIM defaults, with the
+  shared options of :class:`ModelConfig`: classifier-free guidance (``training.label_dropout`` adds a null
+  label, the last class-embedding row; ``guidance`` mixes it into sampling) and image-to-video
+  (``context_frames`` clean leading frames, kept out of the loss).
 
 Built-in implementations (``plugins/models``):
     video_denoiser: a small factorised space/time denoiser on a patchified latent grid, CPU-first.
@@ -284,7 +287,7 @@ class ModelAdapter(ABC):
             both = module(
                 torch.cat([x_t, x_t]),
                 torch.cat([step, step]),
-                torch.cat([label_tensor, label_tensor * 0 + null_label]),
+                torch.cat([label_tensor, torch.full_like(label_tensor, null_label)]),
             )
             conditional, unconditional = both.chunk(2)
             return unconditional + guidance * (conditional - unconditional)

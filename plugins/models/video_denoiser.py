@@ -11,7 +11,9 @@ Options (all measured in ``docs/results-real-gradients.md``): ``temporal_spatial
 temporal convolution a spatial extent, ``temporal_attention_heads`` adds attention across all frames per
 token, and ``parametrization=v`` (the default) lets the body predict v and converts it to eps inside
 ``forward``; with ``eps`` the DDIM x0 estimate divides the body's error by sqrt(alpha_bar) ~ 0 at high
-noise, and the samples come out as flickering noise.
+noise, and the samples come out as flickering noise. With ``context_frames`` = k > 0 (image-to-video)
+every frame's patch embedding also sees the k-th clean frame's patch at the same place, as SVD
+concatenates its conditioning frame to every frame.
 
 A full-resolution 3-D UNet of similar size needs ~1.2 s per training step here (batch 32); this model
 does one in a few tens of milliseconds under bf16 autocast.
