@@ -78,11 +78,11 @@ class ModelConfig(ComponentConfig):
     diffusion_steps: int = 1000
     #: DDIM steps when sampling
     sample_steps: int = 25
-    #: image-to-video conditioning: the first ``context_frames`` frames are given clean (never noised, not in
-    #: the loss) and the model generates the rest; 0 = the model generates every frame
+    #: image-to-video conditioning: the first ``context_frames`` frames are given clean (never noised, not
+    #: in the loss) and the model generates the rest; 0 = the model generates every frame
     context_frames: int = 0
-    #: classifier-free guidance scale w when sampling a class: eps = eps(null) + w (eps(class) - eps(null));
-    #: 1 = plain conditional sampling; other values need training.label_dropout > 0
+    #: classifier-free guidance scale w when sampling a class: eps = eps(null) + w (eps(class) -
+    #: eps(null)); 1 = plain conditional sampling; other values need training.label_dropout > 0
     guidance: float = 1.0
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
@@ -191,7 +191,10 @@ class ModelAdapter(ABC):
         return self.with_context(x_t, x0[:, :, : self.config.context_frames])
 
     def with_context(self, x_t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``x_t`` with its first frames replaced by the clean ``context`` (B, C, k, H, W); k = 0: unchanged."""
+        """``x_t`` with its first k frames replaced by the clean ``context`` (B, C, k, H, W).
+
+        k = ``context_frames``; with k = 0, ``x_t`` itself (``context`` is ignored).
+        """
         import torch
 
         k = self.config.context_frames

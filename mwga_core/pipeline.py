@@ -213,7 +213,8 @@ def generate_queries(
 
     As many clips per class as the dataset has queries per class (``dataset.queries_per_pattern``),
     labelled with the class they were conditioned on, then analysed like held-out queries (keyed by
-    their content). An image-to-video model continues the held-out queries' first frames. Returns the corpus with these queries, the analysed queries and their descriptors key.
+    their content). An image-to-video model continues the held-out queries' first frames. Returns the
+    corpus with these queries, the analysed queries and their descriptors key.
     """
     known = corpus.queries.labels[corpus.queries.labels >= 0]
     per_class = int(np.bincount(known).max()) if len(known) else 1

@@ -37,9 +37,9 @@ Conditioning (``conditioning``): with ``label``, a class-conditional model sees 
 Training clips use their true label; a query's label is its *intended* motion class, as a prompt would be
 for a text-to-video model (held-out queries: the class they were drawn from; generated queries: the class
 they were sampled for). The label alone then separates the classes, so the score says little about
-motion. With ``unconditional``, every clip, training and query alike, is differentiated with the model's null label
-(a model trained with ``model.training.label_dropout`` > 0, classifier-free-guidance style): the model
-can still *generate* per-class queries, but no label reaches the gradients.
+motion. With ``unconditional``, every clip, training and query alike, is differentiated with the model's
+null label (a model trained with ``model.training.label_dropout`` > 0, classifier-free-guidance style):
+the model can still *generate* per-class queries, but no label reaches the gradients.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ class DiffusionGradientConfig(GradientConfig):
     #: loss (one gradient per cell's loss; any engine) or position (each layer's weight gradient summed per
     #: cell of its own output grid, from one backward; engine=batched, Conv/GroupNorm parameters)
     region_split: str = "loss"
-    #: what a conditional model is given: label (each clip's class) or unconditional (the null label of a model
-    #: trained with label dropout, for every clip: label-free gradients)
+    #: what a conditional model is given: label (each clip's class) or unconditional (the null label of a
+    #: model trained with label dropout, for every clip: label-free gradients)
     conditioning: str = "label"
     #: clips per vmap chunk / batched pass (memory vs speed)
     chunk_size: int = 16
