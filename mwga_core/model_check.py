@@ -21,6 +21,7 @@ import numpy as np
 from mwga_core.clips import ClipSet
 from mwga_core.context import RunContext
 from mwga_core.errors import ConfigValueError
+from mwga_core.models import ModelAdapter
 from mwga_core.training import TrainedModel
 
 
@@ -113,7 +114,7 @@ def sample_per_class(
     return ClipSet(frames=np.concatenate(frames), labels=labels, ids=ids)
 
 
-def require_conditional(adapter) -> None:
+def require_conditional(adapter: ModelAdapter) -> None:
     """The check samples clips of each class: refuse an unconditional model, before any training."""
     if not adapter.config.conditional:
         raise ConfigValueError(
@@ -142,8 +143,8 @@ def check_motion(
     train_desc = hoof_descriptors(train.frames, ctx).astype(np.float64)
     means = np.stack([train_desc[train.labels == c].mean(axis=0) for c in range(classes)])
 
-    def classify(desc: np.ndarray, centroids: np.ndarray = means) -> np.ndarray:
-        return np.argmin(((desc[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    def classify(desc: np.ndarray) -> np.ndarray:
+        return np.argmin(((desc[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
 
     def per_class_accuracy(predicted: np.ndarray) -> dict[str, float]:
         hits = predicted.reshape(classes, per_class) == np.arange(classes)[:, None]
@@ -151,9 +152,8 @@ def check_motion(
 
     real_accuracy = float((classify(train_desc) == train.labels).mean())
     samples = sample_per_class(model, per_class, ctx, context=context)
-    sample_desc = hoof_descriptors(samples.frames, ctx).astype(
-        np.float64
-    )  # class-major (classes*per_class, B)
+    # class-major rows: sample j of class c is row c * per_class + j
+    sample_desc = hoof_descriptors(samples.frames, ctx).astype(np.float64)
     predicted = classify(sample_desc)
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (samples.labels, predicted), 1)
