@@ -231,9 +231,8 @@ class ModelAdapter(ABC):
         """
         loss = self.per_example_loss(prediction, noise)
         if self.config.training.objective == "v":
-            loss = loss / self.schedule.alpha_bars.to(loss.device)[t].clamp_min(V_OBJECTIVE_FLOOR).to(
-                loss.dtype
-            )
+            alpha_bar = self.schedule.alpha_bars.to(loss.device)[t].clamp_min(V_OBJECTIVE_FLOOR)
+            loss = loss / alpha_bar.to(loss.dtype)
         return loss
 
     def dtrak_output(self, prediction: torch.Tensor) -> torch.Tensor:

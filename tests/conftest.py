@@ -72,3 +72,21 @@ def ctx(tmp_path: Path, console_text: io.StringIO) -> RunContext:
         show_progress=False,
         console=Console(file=console_text, width=200, color_system=None),
     )
+
+
+@pytest.fixture
+def write_clips() -> Callable[[Path, int, int], None]:
+    """``write(folder, start, count)``: benchmark clips start..start+count-1 as uint8 .npy files, one
+    folder per pattern (clip i is pattern i mod 6, seeded by i; 8 frames of 24x24), fast to read."""
+    import numpy as np
+    from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, render_clip
+
+    def write(folder: Path, start: int, count: int) -> None:
+        for index in range(start, start + count):
+            pattern = PATTERNS[index % len(PATTERNS)]
+            config = SyntheticConfig(num_frames=8, size=24)
+            frames, _ = render_clip(pattern, np.random.default_rng(index), config)
+            (folder / pattern).mkdir(parents=True, exist_ok=True)
+            np.save(folder / pattern / f"clip_{index:03d}.npy", np.rint(frames * 255).astype(np.uint8))
+
+    return write

@@ -79,18 +79,7 @@ def test_ray_diffusion_features_match_local_up_to_float32_rounding(ray_cluster, 
     np.testing.assert_allclose(distributed.query_features, local.query_features, rtol=0, atol=1e-5 * scale)
 
 
-def write_clips(folder: Path, start: int, count: int) -> None:
-    """Benchmark clips as uint8 .npy files, folder per pattern (as in tests/core/test_index.py)."""
-    from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, render_clip
-
-    for index in range(start, start + count):
-        pattern = PATTERNS[index % len(PATTERNS)]
-        frames, _ = render_clip(pattern, np.random.default_rng(index), SyntheticConfig(num_frames=8, size=24))
-        (folder / pattern).mkdir(parents=True, exist_ok=True)
-        np.save(folder / pattern / f"clip_{index:03d}.npy", np.rint(frames * 255).astype(np.uint8))
-
-
-def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypatch):
+def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypatch, write_clips):
     from mwga_core import distributed
     from mwga_core.index import compose_index_config, index_corpus, load_index
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, render_clip
+from mwga_plugins.datasets.synthetic import PATTERNS
 from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradientConfig
 
 from mwga_core import hookimpl
@@ -48,15 +48,6 @@ class CountingPlugin:
         register("counting", CountingGradient, CountingConfig, description="counts clips")
 
 
-def write_clips(folder: Path, start: int, count: int) -> None:
-    """Benchmark clips as uint8 .npy files, folder per pattern (fast to read, no codec)."""
-    for index in range(start, start + count):
-        pattern = PATTERNS[index % len(PATTERNS)]
-        frames, _ = render_clip(pattern, np.random.default_rng(index), SyntheticConfig(num_frames=8, size=24))
-        (folder / pattern).mkdir(parents=True, exist_ok=True)
-        np.save(folder / pattern / f"clip_{index:03d}.npy", np.rint(frames * 255).astype(np.uint8))
-
-
 @pytest.fixture
 def make_index(host, ctx, tmp_path: Path):
     host.add_plugin(CountingPlugin(), "counting")
@@ -79,7 +70,7 @@ def make_index(host, ctx, tmp_path: Path):
     return run
 
 
-def test_adding_clips_computes_only_the_new_ones(make_index, tmp_path: Path) -> None:
+def test_adding_clips_computes_only_the_new_ones(make_index, write_clips, tmp_path: Path) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "index"
     write_clips(corpus, 0, 12)
     first = make_index(corpus, out, "dataset.labels=folders", batch_size=5)
@@ -113,7 +104,9 @@ def test_adding_clips_computes_only_the_new_ones(make_index, tmp_path: Path) -> 
     assert sorted(p.name for p in out.iterdir()) == ["data-000003", "manifest.json"]
 
 
-def test_an_interrupted_index_resumes_from_its_finished_batches(make_index, tmp_path: Path) -> None:
+def test_an_interrupted_index_resumes_from_its_finished_batches(
+    make_index, write_clips, tmp_path: Path
+) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "index"
     write_clips(corpus, 0, 12)
     KILL_AFTER_CALLS["value"] = 3  # dies in the third batch
@@ -129,7 +122,7 @@ def test_an_interrupted_index_resumes_from_its_finished_batches(make_index, tmp_
     np.testing.assert_array_equal(load_index(out).features, load_index(tmp_path / "fresh").features)
 
 
-def test_another_config_is_refused_unless_rebuilt(make_index, tmp_path: Path) -> None:
+def test_another_config_is_refused_unless_rebuilt(make_index, write_clips, tmp_path: Path) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "index"
     write_clips(corpus, 0, 6)
     make_index(corpus, out)
@@ -143,7 +136,7 @@ def test_another_config_is_refused_unless_rebuilt(make_index, tmp_path: Path) ->
     assert manifest["mwga_version"] and manifest["count"] == 6
 
 
-def test_skipped_files_are_listed_and_retried(make_index, tmp_path: Path) -> None:
+def test_skipped_files_are_listed_and_retried(make_index, write_clips, tmp_path: Path) -> None:
     corpus, out = tmp_path / "corpus", tmp_path / "index"
     write_clips(corpus, 0, 6)
     (corpus / "broken.npy").write_bytes(b"garbage")

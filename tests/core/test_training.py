@@ -147,9 +147,10 @@ def guided(corpus, tmp_path_factory):
     return training.load_or_train(adapter, corpus.train, 6, ctx), ctx
 
 
-def with_guidance(model: training.TrainedModel, guidance: float) -> training.TrainedModel:
-    config = dataclasses.replace(model.adapter.config, guidance=guidance)
-    return dataclasses.replace(model, adapter=type(model.adapter)(config))
+def sample_with_guidance(model: training.TrainedModel, guidance: float, labels: torch.Tensor) -> np.ndarray:
+    """Samples of ``model`` (seed 3) with its null label, at another guidance scale."""
+    adapter = type(model.adapter)(dataclasses.replace(model.adapter.config, guidance=guidance))
+    return adapter.sample(model.module(), labels, len(labels), model.clip_shape, seed=3, null_label=6)
 
 
 def test_label_dropout_adds_a_null_label_row(corpus, guided) -> None:
@@ -173,32 +174,21 @@ def test_null_row_is_trained(guided) -> None:
 
 def test_guidance_one_is_plain_conditional_sampling(guided) -> None:
     model, _ = guided
-    module, labels = model.module(), torch.arange(6)
-    plain = model.adapter.sample(module, labels, 6, model.clip_shape, seed=3)
-    with_null = with_guidance(model, 1.0).adapter.sample(
-        module, labels, 6, model.clip_shape, seed=3, null_label=6
-    )
-    np.testing.assert_array_equal(plain, with_null)
+    plain = model.adapter.sample(model.module(), torch.arange(6), 6, model.clip_shape, seed=3)
+    np.testing.assert_array_equal(plain, sample_with_guidance(model, 1.0, torch.arange(6)))
 
 
 def test_guidance_zero_samples_the_null_label(guided) -> None:
     # eps = eps(null) + 0 * (eps(class) - eps(null)): the class no longer matters.
     model, _ = guided
-    module = model.module()
-    zero = with_guidance(model, 0.0).adapter
-    guided_samples = zero.sample(module, torch.arange(6), 6, model.clip_shape, seed=3, null_label=6)
-    null_samples = model.adapter.sample(module, torch.full((6,), 6), 6, model.clip_shape, seed=3)
-    np.testing.assert_allclose(guided_samples, null_samples, atol=1e-5)
+    null_samples = model.adapter.sample(model.module(), torch.full((6,), 6), 6, model.clip_shape, seed=3)
+    np.testing.assert_allclose(sample_with_guidance(model, 0.0, torch.arange(6)), null_samples, atol=1e-5)
 
 
 def test_guidance_changes_the_samples(guided) -> None:
     model, _ = guided
-    module, labels = model.module(), torch.arange(6)
-    plain = model.adapter.sample(module, labels, 6, model.clip_shape, seed=3)
-    strong = with_guidance(model, 4.0).adapter.sample(
-        module, labels, 6, model.clip_shape, seed=3, null_label=6
-    )
-    assert np.abs(plain - strong).max() > 1e-3
+    plain = model.adapter.sample(model.module(), torch.arange(6), 6, model.clip_shape, seed=3)
+    assert np.abs(plain - sample_with_guidance(model, 4.0, torch.arange(6))).max() > 1e-3
 
 
 def test_guidance_without_a_null_label_is_refused() -> None:
