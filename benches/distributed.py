@@ -31,8 +31,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from mwga_core.config import register_configs
-    from mwga_core.plugin_host import get_host
+    from mwga_core.config.schema import register_configs
+    from mwga_core.plugin_host.host import get_host
 
     register_configs(get_host())
     with initialize_config_module("mwga_conf", version_base="1.3"):
@@ -40,8 +40,8 @@ def compose(overrides: list[str]):
 
 
 def featurize_seconds(overrides: list[str], cache: Path):
-    from mwga_core.context import RunContext
-    from mwga_core.pipeline import run_attribution
+    from mwga_core.api.context import RunContext
+    from mwga_core.pipeline.run import run_attribution
 
     ctx = RunContext(seed=0, cache_dir=cache, output_dir=cache / "output")
     start = time.perf_counter()

@@ -41,8 +41,8 @@ def _setup(args):
 
     import torch
 
-    from mwga_core.context import RunContext
-    from mwga_core.plugin_host import get_host
+    from mwga_core.api.context import RunContext
+    from mwga_core.plugin_host.host import get_host
 
     host = get_host()
     ctx = RunContext(seed=0, device=args.device, cache_dir=Path(mkdtemp(prefix="mwga-bench-")))
@@ -58,8 +58,8 @@ def run_mwga(args) -> dict:
     import numpy as np
     from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 
-    from mwga_core.clips import AnalysedClips
-    from mwga_core.training import TrainedModel
+    from mwga_core.api.clips import AnalysedClips
+    from mwga_core.diffusion.training import TrainedModel
 
     host, ctx, corpus, adapter, module, clip_shape = _setup(args)
     source = DiffusionGradient(
@@ -83,7 +83,7 @@ def run_mwga(args) -> dict:
     chosen = set(source.selected_parameter_names(module))
 
     def featurize(analysed: AnalysedClips) -> list[int]:
-        """The pipeline's loop (mwga_core.pipeline): project every gradient chunk the source yields."""
+        """The pipeline's loop (mwga_core.pipeline.run): project every gradient chunk the source yields."""
         sizes = []
         for chunk in source.iter_gradients(analysed, ctx):
             projector.project(chunk.grads[0], ctx)

@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from mwga_core.context import RunContext
-from mwga_core.motion import to_grey
-from mwga_core.plugin_host import get_host
+from mwga_core.api.context import RunContext
+from mwga_core.api.motion import to_grey
+from mwga_core.plugin_host.host import get_host
 
 #: clips per size: 300 frame pairs at 32x32, 30 at 256x256
 CLIPS_PER_SIZE = {32: 20, 256: 2}

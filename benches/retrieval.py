@@ -1,4 +1,4 @@
-"""Top-k retrieval speed and memory over a million-clip feature index (mwga_core.retrieval).
+"""Top-k retrieval speed and memory over a million-clip feature index (mwga_core.retrieval.faiss_index).
 
 Prints one JSON document. The corpus is ``--clips`` rows of ``--dim`` float16 features drawn from a
 seeded standard normal in chunks (1M x 512 = 1 GiB); the ``--queries`` queries are randomly chosen
@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from mwga_core.retrieval import build_index
+from mwga_core.retrieval.faiss_index import build_index
 
 GENERATE_CHUNK_ROWS = 65536
 

@@ -11,8 +11,8 @@ import pytest
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mwga_core.context import RunContext
-from mwga_core.plugin_host import PluginHost, get_host, reset_host
+from mwga_core.api.context import RunContext
+from mwga_core.plugin_host.host import PluginHost, get_host, reset_host
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -45,7 +45,7 @@ def compose_config(host: PluginHost) -> Callable[..., DictConfig]:
     """
     from hydra import compose, initialize_config_module
 
-    from mwga_core.config import register_configs
+    from mwga_core.config.schema import register_configs
 
     def compose_with(*overrides: str) -> DictConfig:
         register_configs(host)

@@ -81,7 +81,7 @@ def test_the_faiss_search_ranks_like_the_full_score_matrix(scorer_name: str, ctx
     from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig
     from mwga_plugins.scorers.dot import DotScorer, DotScorerConfig
 
-    from mwga_core.attribute import attribute, search
+    from mwga_core.retrieval.attribute import attribute, search
 
     scorer = {
         "cosine": CosineScorer(CosineScorerConfig(name="cosine")),

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mwga_core.cli import main
-from mwga_core.stage_cache import StageCache
+from mwga_core.cli.main import main
+from mwga_core.storage.stage_cache import StageCache
 
 DAY = 86400
 

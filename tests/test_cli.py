@@ -19,8 +19,8 @@ import pytest
 from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, SyntheticMotionBenchmark
 
 from mwga_core import hookimpl
-from mwga_core.errors import DataError
-from mwga_core.pipeline import run_attribution
+from mwga_core.api.errors import DataError
+from mwga_core.pipeline.run import run_attribution
 
 SMALL = "dataset.num_clips=60"
 #: the paper's simulated gradient: seconds per run, for tests of the CLI's mechanics
@@ -313,7 +313,7 @@ def test_the_random_baseline_needs_no_motion(doctored, ctx) -> None:
 def test_every_subcommand_target_resolves_to_a_function():
     import importlib
 
-    from mwga_core.cli import SUBCOMMAND_TARGETS
+    from mwga_core.cli.main import SUBCOMMAND_TARGETS
 
     for name, target in SUBCOMMAND_TARGETS.items():
         module, function = target.split(":")

@@ -2,13 +2,13 @@
 
 What is checked, and where it must be documented:
 
-* each hook in ``mwga_core/hookspecs.py`` -> ``docs/hooks/<hook>.md`` (and no page for a hook that is gone);
+* each hook in ``mwga_core/plugin_host/hookspecs.py`` -> ``docs/hooks/<hook>.md`` (and no page for a hook that is gone);
 * each config group (the component kinds, plus every folder of ``conf/`` such as ``method``) ->
   a heading ``## <group>`` in ``docs/reference.md``;
 * each component registered by mwga itself, and each preset ``conf/<group>/<name>.yaml`` -> a heading
   ``### <group>=<name>`` in ``docs/reference.md``, whose section names every field of the component's
   config dataclass in backticks (`` `field` ``);
-* each subcommand in ``mwga_core.cli.SUBCOMMANDS`` -> ``mwga <subcommand>`` in ``docs/cli.md``;
+* each subcommand in ``mwga_core.cli.main.SUBCOMMANDS`` -> ``mwga <subcommand>`` in ``docs/cli.md``;
 * each environment variable ``MWGA_...`` named in ``mwga_core/`` or ``plugins/`` -> ``docs/cli.md``.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from mwga_core import hookspecs
-from mwga_core.kinds import KINDS
-from mwga_core.plugin_host import BUILTIN_DISTRIBUTION, PluginHost
+from mwga_core.plugin_host import hookspecs
+from mwga_core.plugin_host.kinds import KINDS
+from mwga_core.plugin_host.host import BUILTIN_DISTRIBUTION, PluginHost
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -130,7 +130,7 @@ def test_every_preset_is_documented(reference: dict[str, str]) -> None:
 
 
 def test_every_subcommand_is_in_the_cli_page() -> None:
-    from mwga_core.cli import SUBCOMMANDS
+    from mwga_core.cli.main import SUBCOMMANDS
 
     text = (DOCS / "cli.md").read_text()
     missing = [name for name in SUBCOMMANDS if f"mwga {name}" not in text]

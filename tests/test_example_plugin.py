@@ -5,7 +5,7 @@ installed into it, exactly as a user would install a plugin. Then ``mwga plugins
 ``mwga descriptor=divergence_curl`` must run with its Hydra option (stored in the ConfigStore, no YAML),
 and the example's own tests (mwga's contract kit) must pass inside that environment.
 
-``python -m mwga_core.cli`` stands in for the ``mwga`` console script, which lives in this environment's
+``python -m mwga_core.cli.main`` stands in for the ``mwga`` console script, which lives in this environment's
 bin folder rather than the throwaway one; it calls the same ``main()``.
 """
 
@@ -67,7 +67,7 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _mwga(plugin_env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [str(plugin_env["python"]), "-m", "mwga_core.cli", *args],
+        [str(plugin_env["python"]), "-m", "mwga_core.cli.main", *args],
         capture_output=True,
         text=True,
         env=plugin_env["env"],

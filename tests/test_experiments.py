@@ -12,9 +12,9 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from mwga_core.cli import main
-from mwga_core.config import register_configs
-from mwga_core.plugin_host import PluginHost
+from mwga_core.cli.main import main
+from mwga_core.config.schema import register_configs
+from mwga_core.plugin_host.host import PluginHost
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 
@@ -83,7 +83,7 @@ def test_preset_sweep_runs_and_reports(tmp_path: Path):
     """`mwga +experiment=table3_bins` on a small corpus, then `mwga report` on its folder."""
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "MWGA_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "mwga_core.cli", "+experiment=table3_bins", "dataset.num_clips=30"]
+    command = [sys.executable, "-m", "mwga_core.cli.main", "+experiment=table3_bins", "dataset.num_clips=30"]
     completed = subprocess.run(
         [*command, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True
     )

@@ -203,7 +203,7 @@ def test_wheel_install_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> 
         [
             python,
             "-c",
-            "import json, sys; from mwga_core.plugin_host import get_host; "
+            "import json, sys; from mwga_core.plugin_host.host import get_host; "
             "print(json.dumps({r.name: sys.modules[r.module].__file__ "
             "for r in get_host().records.values() if r.status == 'loaded'}))",
         ],

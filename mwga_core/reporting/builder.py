@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mwga_core.report import pretty_metric, rich_table
+from mwga_core.reporting.run_outputs import pretty_metric, rich_table
 from mwga_core.reporting import figures
 from mwga_core.reporting.paper import (
     Experiment,

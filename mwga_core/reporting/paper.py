@@ -1,4 +1,4 @@
-"""The paper's reported numbers (``mwga_core/paper_values.json``) and which experiment matches which table.
+"""The paper's reported numbers (``mwga_core/reporting/paper_values.json``) and which experiment matches which table.
 
 The JSON is package data, transcribed by hand from the paper's Tables 1-5; its ``notes`` list the
 paper's own inconsistencies. Metric names follow results.json (``NDCG@20``, ``mean_gt_rank``).
@@ -70,7 +70,7 @@ EXPERIMENTS = (
 @cache
 def paper_values() -> dict[str, Any]:
     """The parsed paper_values.json."""
-    text = resources.files("mwga_core").joinpath("paper_values.json").read_text(encoding="utf-8")
+    text = resources.files("mwga_core.reporting").joinpath("paper_values.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

@@ -1,7 +1,7 @@
 """Finished runs and sweeps read back from disk, grouped by what was swept, with seeds aggregated.
 
 A *run folder* holds ``results.json``; a *sweep folder* holds job folders with ``results.json`` and
-``.hydra/overrides.yaml`` (what :mod:`mwga_core.sweep` reads too). Jobs whose overrides differ only in
+``.hydra/overrides.yaml`` (what :mod:`mwga_core.reporting.sweep` reads too). Jobs whose overrides differ only in
 ``seed`` form one :class:`Group`; its metrics are the mean and sample standard deviation over them.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mwga_core.errors import DataError, MwgaUserError
-from mwga_core.sweep import job_dirs, job_overrides
+from mwga_core.api.errors import DataError, MwgaUserError
+from mwga_core.reporting.sweep import job_dirs, job_overrides
 
 #: the override that marks repetitions of one setting rather than a setting of its own
 SEED_KEY = "seed"

@@ -12,7 +12,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from mwga_core.report import format_value, pretty_metric
+from mwga_core.reporting.run_outputs import format_value, pretty_metric
 from mwga_core.reporting.paper import (
     Experiment,
     method_label,

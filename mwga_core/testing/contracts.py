@@ -36,11 +36,11 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from mwga_core.clips import AnalysedClips, ClipSet, Corpus
-from mwga_core.context import RunContext
-from mwga_core.motion import to_grey
-from mwga_core.plugin_host import PluginHost
-from mwga_core.registry import ComponentConfig, ComponentSpec, as_config_object
+from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
+from mwga_core.api.context import RunContext
+from mwga_core.api.motion import to_grey
+from mwga_core.plugin_host.host import PluginHost
+from mwga_core.plugin_host.registry import ComponentConfig, ComponentSpec, as_config_object
 
 #: the plugin name the contracts register the component's hook module under
 CONTRACT_PLUGIN_NAME = "contract-under-test"

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.clips import ClipSet, Corpus
-from mwga_core.context import RunContext
-from mwga_core.datasets import Dataset, DatasetConfig
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.clips import ClipSet, Corpus
+from mwga_core.api.context import RunContext
+from mwga_core.api.datasets import Dataset, DatasetConfig
+from mwga_core.api.errors import ConfigValueError
 
 PATTERNS = (
     "horizontal_pan",

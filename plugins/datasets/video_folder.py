@@ -19,7 +19,7 @@ folder). Every clip becomes the same shape, whatever its length, resolution and 
    ``size`` (``[S]`` means S x S, ``[H, W]`` an explicit size), then centre-cropped; the aspect ratio is
    kept.
 
-A corrupt, empty or unreadable clip raises :class:`~mwga_core.errors.DataError` naming the file and the
+A corrupt, empty or unreadable clip raises :class:`~mwga_core.api.errors.DataError` naming the file and the
 reason (``on_error=raise``), or is left out and listed in ``Corpus.skipped`` (``on_error=skip``).
 
 Labels (optional, for evaluating on labelled folders): ``labels=folders`` takes each clip's first path
@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.clips import ClipSet, Corpus
-from mwga_core.context import RunContext
-from mwga_core.datasets import Dataset, DatasetConfig
-from mwga_core.errors import ConfigValueError, DataError
+from mwga_core.api.clips import ClipSet, Corpus
+from mwga_core.api.context import RunContext
+from mwga_core.api.datasets import Dataset, DatasetConfig
+from mwga_core.api.errors import ConfigValueError, DataError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

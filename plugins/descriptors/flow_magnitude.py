@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.descriptors import Descriptor, DescriptorConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.descriptors import Descriptor, DescriptorConfig
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.descriptors import Descriptor, DescriptorConfig
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.context import RunContext
+from mwga_core.api.descriptors import Descriptor, DescriptorConfig
+from mwga_core.api.errors import ConfigValueError
 
 NORMALISATIONS = ("l1", "l2", "none")
 #: directions within this many bin widths of a bin edge count as on the edge (float32 flow rounding)

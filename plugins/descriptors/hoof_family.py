@@ -41,9 +41,9 @@ import numpy as np
 from mwga_plugins.descriptors.hoof import NORMALISATIONS, normalise_rows
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.descriptors import Descriptor, DescriptorConfig
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.context import RunContext
+from mwga_core.api.descriptors import Descriptor, DescriptorConfig
+from mwga_core.api.errors import ConfigValueError
 
 ORIENTATIONS = ("full", "mirror")
 ASSIGNMENTS = ("hard", "soft")

@@ -1,7 +1,7 @@
 """Real per-clip gradients of a trained video diffusion model (MOTIVE / D-TRAK style).
 
 ``prepare`` trains the configured model (``model=...``) on the training clips, or loads it from the
-cache (:func:`mwga_core.training.load_or_train`). ``iter_gradients`` then computes, for every clip i,
+cache (:func:`mwga_core.diffusion.training.load_or_train`). ``iter_gradients`` then computes, for every clip i,
 
     g_i = w_i / F * grad_theta  mean_k  out(theta; x_i, t_k, eps_k, y_i)
 
@@ -52,16 +52,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.clips import AnalysedClips, ClipSet
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.gradients import GradientChunk, GradientConfig, GradientSource
+from mwga_core.api.clips import AnalysedClips, ClipSet
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
 
 if TYPE_CHECKING:
     import torch
 
-    from mwga_core.models import ModelAdapter
-    from mwga_core.training import TrainedModel
+    from mwga_core.api.models import ModelAdapter
+    from mwga_core.diffusion.training import TrainedModel
 
 OUTPUTS = ("loss", "dtrak")
 ENGINES = ("batched", "vmap")
@@ -183,7 +183,7 @@ class DiffusionGradient(GradientSource):
     # -- preparation --------------------------------------------------------------------------------
 
     def prepare(self, train: AnalysedClips, ctx: RunContext) -> None:
-        from mwga_core.training import load_or_train
+        from mwga_core.diffusion.training import load_or_train
 
         if self.model_adapter is None:
             raise ConfigValueError("model", None, "a model adapter (model=video_denoiser)")
@@ -232,7 +232,7 @@ class DiffusionGradient(GradientSource):
     def generate_queries(
         self, class_names: list[str], per_class: int, ctx: RunContext, context: ClipSet | None = None
     ) -> ClipSet:
-        from mwga_core.model_check import sample_per_class
+        from mwga_core.diffusion.model_check import sample_per_class
 
         trained = self._require_trained()
         if not trained.adapter.config.conditional:

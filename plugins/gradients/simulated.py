@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.clips import AnalysedClips
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.gradients import GradientChunk, GradientConfig, GradientSource
+from mwga_core.api.clips import AnalysedClips
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
 
 
 @dataclass

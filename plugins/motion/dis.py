@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
 
 PRESETS = ("ultrafast", "fast", "medium")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.motion import MotionConfig, MotionEstimator
+from mwga_core.api.motion import MotionConfig, MotionEstimator
 
 
 @dataclass

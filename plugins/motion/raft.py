@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError, DataError
-from mwga_core.motion import MotionConfig, MotionEstimator
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError, DataError
+from mwga_core.api.motion import MotionConfig, MotionEstimator
 
 VARIANT_CHOICES = ("auto", "large", "small", "tiny")
 

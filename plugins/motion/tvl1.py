@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError, MwgaUserError
-from mwga_core.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.api.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
 
 INSTALL_HINT = (
     "motion=tvl1 needs OpenCV's contrib modules (cv2.optflow), which this OpenCV build lacks: "

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.projectors import Projector, ProjectorConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.projectors import Projector, ProjectorConfig
 
 if TYPE_CHECKING:
     import torch

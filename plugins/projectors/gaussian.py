@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.projectors import Projector, ProjectorConfig, project_by_row_blocks
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.projectors import Projector, ProjectorConfig, project_by_row_blocks
 
 #: rows of the projection matrix generated at once; part of the matrix's definition, not a tuning knob
 BLOCK_ROWS = 4096

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.projectors import Projector, ProjectorConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.projectors import Projector, ProjectorConfig
 
 
 @dataclass

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.projectors import Projector, ProjectorConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.projectors import Projector, ProjectorConfig
 
 #: input coordinates hashed at once; part of the map's definition, not a tuning knob
 BLOCK_ROWS = 65536

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.scorers import Scorer, ScorerConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.scorers import Scorer, ScorerConfig
 
 #: training-similarity entries held at once while finding neighbours (rows x N), to bound memory for
 #: large corpora; the result does not depend on it

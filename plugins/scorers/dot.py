@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.scorers import Scorer, ScorerConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.scorers import Scorer, ScorerConfig
 
 
 @dataclass

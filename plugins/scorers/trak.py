@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mwga_core import hookimpl
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.scorers import Scorer, ScorerConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.scorers import Scorer, ScorerConfig
 
 
 @dataclass

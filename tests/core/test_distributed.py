@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mwga_core.errors import ConfigValueError, MwgaUserError
-from mwga_core.pipeline import run_attribution
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.pipeline.run import run_attribution
 
 SMALL = ("method=ours_simulated", "dataset.num_clips=40", "projection.dim=64")
 
@@ -80,8 +80,8 @@ def test_ray_diffusion_features_match_local_up_to_float32_rounding(ray_cluster, 
 
 
 def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypatch, write_clips):
-    from mwga_core import distributed
-    from mwga_core.index import compose_index_config, index_corpus, load_index
+    from mwga_core.pipeline import ray_executor as distributed
+    from mwga_core.retrieval.index import compose_index_config, index_corpus, load_index
 
     started = []
     start_workers = distributed._start_workers

@@ -13,10 +13,10 @@ from mwga_plugins.projectors.gaussian import GaussianProjector, GaussianProjecto
 from mwga_plugins.projectors.sparse_jl import SparseJLProjector, SparseJLProjectorConfig
 from omegaconf import OmegaConf
 
-from mwga_core.clips import AnalysedClips, ClipSet
-from mwga_core.feature_store import FeatureStore, feature_key, feature_key_parts
-from mwga_core.gradients import GradientChunk, GradientConfig, GradientSource
-from mwga_core.pipeline import Components, featurize, run_attribution
+from mwga_core.api.clips import AnalysedClips, ClipSet
+from mwga_core.storage.feature_store import FeatureStore, feature_key, feature_key_parts
+from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
+from mwga_core.pipeline.run import Components, featurize, run_attribution
 
 
 class Killed(Exception):

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mwga_core.cli import main
-from mwga_core.errors import MwgaUserError
-from mwga_core.flow_eval import (
+from mwga_core.cli.main import main
+from mwga_core.api.errors import MwgaUserError
+from mwga_core.evaluation.flow_eval import (
     evaluate_estimator,
     flow_metrics,
     interior_mask,
     parse_estimator_spec,
     parse_set_overrides,
 )
-from mwga_core.motion import MotionConfig, MotionEstimator
+from mwga_core.api.motion import MotionConfig, MotionEstimator
 from mwga_core.testing import small_corpus
 
 

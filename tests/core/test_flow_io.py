@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mwga_core.errors import DataError
-from mwga_core.flow_io import (
+from mwga_core.api.errors import DataError
+from mwga_core.reporting.flow_io import (
     FLO_TAG,
     colour_wheel,
     flow_to_colour,

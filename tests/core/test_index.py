@@ -13,8 +13,8 @@ from mwga_plugins.datasets.synthetic import PATTERNS
 from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradientConfig
 
 from mwga_core import hookimpl
-from mwga_core.clips import AnalysedClips
-from mwga_core.index import IndexMismatchError, compose_index_config, index_corpus, load_index
+from mwga_core.api.clips import AnalysedClips
+from mwga_core.retrieval.index import IndexMismatchError, compose_index_config, index_corpus, load_index
 
 
 class Killed(Exception):

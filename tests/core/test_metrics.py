@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from mwga_core.errors import ConfigValueError
-from mwga_core.metrics import MetricSpec, evaluate, query_metrics, rank_clips
-from mwga_core.pipeline import run_attribution
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.evaluation.metrics import MetricSpec, evaluate, query_metrics, rank_clips
+from mwga_core.pipeline.run import run_attribution
 
 #: cut-offs beyond the defaults, up to k = N, so every branch (k < relevant, k > relevant, k = N) is hit
 CUTOFFS = MetricSpec(precision_at=[1, 5, 10, 20, 60], recall_at=[5, 20, 60], ndcg_at=[1, 5, 10, 20, 60])

@@ -17,9 +17,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from mwga_core import hookimpl, plugin_host
-from mwga_core.errors import PluginLoadError
-from mwga_core.plugin_host import BLOCK_ENV, STRICT_ENV, PluginHost
+from mwga_core import hookimpl
+from mwga_core.plugin_host import host as plugin_host
+from mwga_core.api.errors import PluginLoadError
+from mwga_core.plugin_host.host import BLOCK_ENV, STRICT_ENV, PluginHost
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTIN_ENTRY_POINTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["mwga"]

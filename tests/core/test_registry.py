@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from mwga_core import hookimpl
-from mwga_core.errors import ConfigValueError, DuplicateComponentError, UnknownComponentError
-from mwga_core.registry import ComponentConfig, ComponentKind, Registrar, Registry
+from mwga_core.api.errors import ConfigValueError, DuplicateComponentError, UnknownComponentError
+from mwga_core.plugin_host.registry import ComponentConfig, ComponentKind, Registrar, Registry
 
 
 class Widget:

@@ -16,8 +16,8 @@ from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradien
 from mwga_plugins.motion.farneback import FarnebackConfig, FarnebackFlow
 
 from mwga_core import hookimpl
-from mwga_core.pipeline import run_attribution
-from mwga_core.stage_cache import StageCache, code_version, module_source_hash
+from mwga_core.pipeline.run import run_attribution
+from mwga_core.storage.stage_cache import StageCache, code_version, module_source_hash
 
 MWGA = (
     str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
@@ -117,7 +117,7 @@ def test_keys_change_with_config_inputs_seed_and_code(tmp_path: Path) -> None:
     other = cache.key("flows", FarnebackFlow(FarnebackConfig(levels=2)), inputs=["dataset-a/train"])
     assert cache.key("descriptors", hoof, inputs=[key]) != cache.key("descriptors", hoof, inputs=[other])
     # the code hash covers the component's module and its base classes' modules
-    assert set(code_version(motion)) >= {"mwga_plugins.motion.farneback", "mwga_core.motion"}
+    assert set(code_version(motion)) >= {"mwga_plugins.motion.farneback", "mwga_core.api.motion"}
 
 
 def test_editing_a_module_changes_its_code_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

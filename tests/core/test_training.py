@@ -12,9 +12,9 @@ import torch
 from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 from safetensors.torch import load_file
 
-from mwga_core import training
-from mwga_core.errors import ConfigValueError
-from mwga_core.models import TrainingConfig
+from mwga_core.diffusion import training
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.models import TrainingConfig
 from mwga_core.testing.contracts import make_context, small_corpus
 
 
@@ -122,7 +122,7 @@ def test_an_incomplete_entry_is_retrained_and_matches(corpus, trained, tmp_path:
 
 
 def test_samples_are_frames_in_range(trained) -> None:
-    from mwga_core.model_check import sample_per_class
+    from mwga_core.diffusion.model_check import sample_per_class
 
     model, ctx = trained
     samples = sample_per_class(model, 2, ctx)
@@ -238,7 +238,7 @@ def test_context_frames_stay_clean_and_out_of_the_loss() -> None:
 
 
 def test_image_to_video_samples_continue_the_context(corpus, tmp_path: Path) -> None:
-    from mwga_core.model_check import sample_per_class
+    from mwga_core.diffusion.model_check import sample_per_class
 
     ctx = make_context(tmp_path)
     model = training.load_or_train(

@@ -31,7 +31,7 @@ from mwga_plugins.scorers.random import RandomScorer
 from mwga_plugins.scorers.tracin import TracInScorer
 from mwga_plugins.scorers.trak import TrakScorer
 
-from mwga_core.plugin_host import BUILTIN_DISTRIBUTION, PluginHost
+from mwga_core.plugin_host.host import BUILTIN_DISTRIBUTION, PluginHost
 from mwga_core.testing import (
     ComponentContract,
     DatasetContract,

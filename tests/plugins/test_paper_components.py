@@ -14,9 +14,9 @@ from mwga_plugins.projectors.gaussian import BLOCK_ROWS, GaussianProjector, Gaus
 from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig
 from mwga_plugins.scorers.random import RandomScorer, RandomScorerConfig
 
-from mwga_core.clips import AnalysedClips, ClipSet
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.clips import AnalysedClips, ClipSet
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 
 # -- HOOF -----------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from mwga_plugins.motion.raft_net.raft import RAFT, SPECS, VARIANTS
 
-from mwga_core.errors import DataError
+from mwga_core.api.errors import DataError
 
 _ENCODER = r"(fnet|cnet)"
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from mwga_plugins.datasets.synthetic import SyntheticConfig, SyntheticMotionBenchmark
 from mwga_plugins.motion.raft_net.raft import RAFT, SPECS, VARIANTS
 
-from mwga_core.context import RunContext
+from mwga_core.api.context import RunContext
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +193,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict:
     from mwga_plugins.motion.farneback import FarnebackConfig, FarnebackFlow
     from mwga_plugins.motion.raft import RaftConfig, RaftFlow
 
-    from mwga_core.flow_eval import endpoint_error, interior_mask
+    from mwga_core.evaluation.flow_eval import endpoint_error, interior_mask
 
     clips = make_clips(args.eval_clips, args.eval_seed)
     n, t = clips.frames.shape[:2]
@@ -238,7 +238,7 @@ def evaluate(checkpoint: Path, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``mwga train-raft``."""
-    from mwga_core.errors import ConfigValueError
+    from mwga_core.api.errors import ConfigValueError
 
     args = build_parser().parse_args(argv)
     for name in ("steps", "batch_size", "clips", "iterations", "eval_iterations", "eval_pairs"):

@@ -11,9 +11,9 @@ from mwga_plugins.datasets.synthetic import (
     render_clip,
 )
 
-from mwga_core.clips import Corpus
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.clips import Corpus
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 
 
 def load(seed: int = 0, **fields) -> Corpus:

@@ -18,7 +18,7 @@ from mwga_plugins.datasets.video_folder import (  # noqa: E402
     scan_folder,
 )
 
-from mwga_core.errors import ConfigValueError, DataError  # noqa: E402
+from mwga_core.api.errors import ConfigValueError, DataError  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "make_videos.py"
 
@@ -162,8 +162,8 @@ def test_bad_config_values_name_the_field() -> None:
 def test_unlabelled_queries_are_ranked_but_not_evaluated(
     folder: Path, tmp_path: Path, compose_config, ctx
 ) -> None:
-    from mwga_core.pipeline import run_attribution
-    from mwga_core.report import results_document, write_rankings
+    from mwga_core.pipeline.run import run_attribution
+    from mwga_core.reporting.run_outputs import results_document, write_rankings
 
     queries = tmp_path / "queries"
     make_videos.write_video(queries / "q.mp4", make_videos.render("horizontal_pan", 3, 16, 32))

@@ -9,7 +9,7 @@ import pytest
 from mwga_plugins.datasets.synthetic import SyntheticConfig, render_clip
 from mwga_plugins.descriptors.affine import AffineConfig, AffineDescriptor, affine_fit, motion_components
 
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing import DescriptorContract
 
 

@@ -20,7 +20,7 @@ from mwga_plugins.descriptors.hoof_family import (
     pyramid_segments,
 )
 
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing import small_corpus
 
 # Every option's defaults run through the contract in tests/plugins/test_contracts.py.

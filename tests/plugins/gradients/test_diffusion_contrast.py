@@ -7,9 +7,9 @@ import pytest
 from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 from test_diffusion_gradient import gradients, source, tiny_adapter
 
-from mwga_core.clips import AnalysedClips
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.clips import AnalysedClips
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing.contracts import small_analysed
 
 

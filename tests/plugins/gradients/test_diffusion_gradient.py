@@ -8,9 +8,9 @@ import torch
 from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig, motion_mask
 from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
-from mwga_core.models import TrainingConfig
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.models import TrainingConfig
 from mwga_core.testing.contracts import GradientSourceContract, small_analysed
 
 
@@ -318,7 +318,7 @@ TINY_RUN = [
 
 
 def test_pipeline_with_generated_queries(compose_config, ctx: RunContext) -> None:
-    from mwga_core.pipeline import run_attribution
+    from mwga_core.pipeline.run import run_attribution
 
     result = run_attribution(compose_config(*TINY_RUN, "query=generated"), ctx)
     assert result.corpus.queries.ids[0] == "generated-horizontal_pan-0"
@@ -327,14 +327,14 @@ def test_pipeline_with_generated_queries(compose_config, ctx: RunContext) -> Non
 
 
 def test_generated_queries_need_a_model(compose_config, ctx: RunContext) -> None:
-    from mwga_core.pipeline import run_attribution
+    from mwga_core.pipeline.run import run_attribution
 
     with pytest.raises(ConfigValueError, match="query"):
         run_attribution(compose_config("query=generated", "gradient=simulated", "dataset.num_clips=24"), ctx)
 
 
 def test_ours_generative_preset_attributes_generated_queries(compose_config, ctx: RunContext) -> None:
-    from mwga_core.pipeline import run_attribution
+    from mwga_core.pipeline.run import run_attribution
 
     tiny = [field for field in TINY_RUN if not field.startswith(("gradient=", "model.conditional"))]
     cfg = compose_config("method=ours_generative", *tiny, "query=generated", "projection.dim=64")

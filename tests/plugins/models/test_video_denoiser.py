@@ -7,8 +7,8 @@ import torch
 from mwga_plugins.models import video_denoiser
 from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 
-from mwga_core.errors import ConfigValueError
-from mwga_core.plugin_host import PluginHost
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.plugin_host.host import PluginHost
 
 SHAPE = (5, 16, 16, 1)
 

@@ -8,8 +8,8 @@ from mwga_plugins.motion import tvl1 as tvl1_module
 from mwga_plugins.motion.dis import DisConfig, DisFlow
 from mwga_plugins.motion.tvl1 import Tvl1Config, Tvl1Flow, opencv_has_tvl1
 
-from mwga_core.errors import ConfigValueError, MwgaUserError
-from mwga_core.motion import to_grey
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.api.motion import to_grey
 from mwga_core.testing import MotionEstimatorContract, small_corpus
 
 
@@ -80,7 +80,7 @@ def test_tvl1_without_contrib_says_what_to_install(monkeypatch) -> None:
 
 @pytest.mark.skipif(opencv_has_tvl1(), reason="this OpenCV has contrib; the real error path cannot occur")
 def test_tvl1_build_fails_cleanly_in_this_environment(host) -> None:
-    from mwga_core.cli import main
+    from mwga_core.cli.main import main
 
     with pytest.raises(MwgaUserError, match="cv2.optflow"):
         host.build("motion", {"name": "tvl1"})

@@ -26,8 +26,8 @@ from mwga_plugins.motion.raft_net.checkpoints import (  # noqa: E402
 from mwga_plugins.motion.raft_net.corr import CorrPyramid, coords_grid, lookup_offsets  # noqa: E402
 from mwga_plugins.motion.raft_net.raft import RAFT, InputPadder  # noqa: E402
 
-from mwga_core.context import RunContext  # noqa: E402
-from mwga_core.errors import ConfigValueError, DataError  # noqa: E402
+from mwga_core.api.context import RunContext  # noqa: E402
+from mwga_core.api.errors import ConfigValueError, DataError  # noqa: E402
 
 
 def _model(variant: str, seed: int = 0) -> RAFT:
@@ -313,7 +313,7 @@ def test_train_raft_writes_an_official_checkpoint_the_estimator_loads(tmp_path):
 def _mwga(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "MWGA_STRICT_PLUGINS": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "mwga_core.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "mwga_core.cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
 
 

@@ -25,8 +25,8 @@ from mwga_plugins.motion.raft_net.checkpoints import (  # noqa: E402
 )
 from mwga_plugins.motion.raft_net.raft import RAFT, SPECS  # noqa: E402
 
-from mwga_core.context import RunContext  # noqa: E402
-from mwga_core.errors import ConfigValueError  # noqa: E402
+from mwga_core.api.context import RunContext  # noqa: E402
+from mwga_core.api.errors import ConfigValueError  # noqa: E402
 
 
 def _pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ from mwga_plugins.projectors.gaussian import GaussianProjector, GaussianProjecto
 from mwga_plugins.projectors.rademacher import RademacherProjector, RademacherProjectorConfig
 from mwga_plugins.projectors.sparse_jl import SparseJLProjector, SparseJLProjectorConfig
 
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing import ProjectorContract
 
 
@@ -178,7 +178,7 @@ PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np, torch
-    from mwga_core.context import RunContext
+    from mwga_core.api.context import RunContext
     from mwga_plugins.projectors.fastfood import FastfoodProjector, FastfoodProjectorConfig
     from mwga_plugins.projectors.gaussian import GaussianProjector, GaussianProjectorConfig
     from mwga_plugins.projectors.rademacher import RademacherProjector, RademacherProjectorConfig

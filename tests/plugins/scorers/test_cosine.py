@@ -11,8 +11,8 @@ from mwga_plugins.scorers import cosine
 from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig
 from omegaconf import OmegaConf
 
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing import ScorerContract
 
 CTX = RunContext(seed=0)

@@ -9,8 +9,8 @@ from mwga_plugins.scorers.tracin import TracInScorer, TracInScorerConfig
 from mwga_plugins.scorers.trak import TrakScorer, TrakScorerConfig
 from omegaconf import OmegaConf
 
-from mwga_core.context import RunContext
-from mwga_core.errors import ConfigValueError
+from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.testing import ScorerContract
 
 

@@ -1,0 +1,302 @@
+"""Model adapters: how mwga builds, noises, scores and samples a video diffusion model.
+
+An adapter wraps one kind of torch denoiser so the trainer (:mod:`mwga_core.diffusion.training`) and the
+``diffusion`` gradient source can use it without knowing its architecture. Any torch model can be
+attributed by registering an adapter through the ``mwga_register_models`` hook (config group ``model``);
+``docs/hooks/mwga_register_models.md`` shows a complete example.
+
+The contract, in model space (``x`` is a clip as the model sees it, channels first):
+
+* :meth:`ModelAdapter.build` returns an ``nn.Module`` whose ``forward(x_t, t, labels)`` predicts the
+  noise ``eps`` (same shape as ``x_t``); ``labels`` is None for an unconditional model.
+* :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
+  [0, 1] and model space (N, C, T, H, W) in [-1, 1].
+* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`, :meth:`ModelAdapter.training_loss`,
+  :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample` have DDPM / DDIM defaults, with the
+  shared options of :class:`ModelConfig`: classifier-free guidance (``training.label_dropout`` adds a null
+  label, the last class-embedding row; ``guidance`` mixes it into sampling) and image-to-video
+  (``context_frames`` clean leading frames, kept out of the loss).
+
+Built-in implementations (``plugins/models``):
+    video_denoiser: a small factorised space/time denoiser on a patchified latent grid, CPU-first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mwga_core.diffusion.schedules import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.plugin_host.registry import ComponentConfig
+
+if TYPE_CHECKING:
+    import torch
+
+TRAINING_OBJECTIVES = ("eps", "v")
+#: floor of alpha_bar_t in the v objective's 1 / alpha_bar_t weight (the cosine schedule's last step is ~0)
+V_OBJECTIVE_FLOOR = 1e-4
+
+
+@dataclass
+class TrainingConfig:
+    """How the trainer fits the model (AdamW on the eps-prediction loss)."""
+
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    #: linear learning-rate warm-up steps, then cosine decay to 10% of lr
+    warmup: int = 50
+    #: training steps after which a checkpoint is saved (the last step is always saved)
+    checkpoints: list[int] = field(default_factory=lambda: [400, 800])
+    #: bfloat16 autocast for the forward pass (AMX on CPU); weights and optimiser stay float32
+    bf16: bool = True
+    #: decay of the exponential moving average of the weights that checkpoints store (0 = raw weights)
+    ema: float = 0.99
+    #: classifier-free guidance training: this fraction of examples is trained with the null label (an
+    #: extra class row), so one model predicts both conditionally and unconditionally (conditional only)
+    label_dropout: float = 0.0
+    #: what the training loss measures: eps (the eps-prediction MSE, which weights timestep t by
+    #: alpha_bar_t relative to v and so hardly trains the high-noise steps that set a sample's layout and
+    #: motion) or v (the v-prediction MSE: eps MSE / alpha_bar_t, with alpha_bar_t floored at 1e-4)
+    objective: str = "eps"
+
+
+@dataclass
+class ModelConfig(ComponentConfig):
+    """Base config for model adapters: the noise schedule, sampling and training."""
+
+    #: condition on the motion class (a stand-in for a text prompt)
+    conditional: bool = True
+    #: beta schedule: linear or cosine
+    schedule: str = "cosine"
+    #: T, the number of diffusion steps
+    diffusion_steps: int = 1000
+    #: DDIM steps when sampling
+    sample_steps: int = 25
+    #: image-to-video conditioning: the first ``context_frames`` frames are given clean (never noised, not
+    #: in the loss) and the model generates the rest; 0 = the model generates every frame
+    context_frames: int = 0
+    #: classifier-free guidance scale w when sampling a class: eps = eps(null) + w (eps(class) -
+    #: eps(null)); 1 = plain conditional sampling; other values need training.label_dropout > 0
+    guidance: float = 1.0
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+class ModelAdapter(ABC):
+    """Builds a denoiser and says how to noise, score and sample it. See the module docstring."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        c, tc = config, config.training
+        if c.schedule not in SCHEDULES:
+            raise ConfigValueError("schedule", c.schedule, f"one of {list(SCHEDULES)}")
+        if c.diffusion_steps < 2:
+            raise ConfigValueError("diffusion_steps", c.diffusion_steps, "an integer >= 2")
+        if not 1 <= c.sample_steps <= c.diffusion_steps:
+            raise ConfigValueError("sample_steps", c.sample_steps, f"an integer in [1, {c.diffusion_steps}]")
+        if tc.steps < 1:
+            raise ConfigValueError("training.steps", tc.steps, "an integer >= 1")
+        if tc.batch_size < 1:
+            raise ConfigValueError("training.batch_size", tc.batch_size, "an integer >= 1")
+        if tc.lr <= 0:
+            raise ConfigValueError("training.lr", tc.lr, "a number > 0")
+        if tc.warmup < 0:
+            raise ConfigValueError("training.warmup", tc.warmup, "an integer >= 0")
+        if not 0 <= tc.ema < 1:
+            raise ConfigValueError("training.ema", tc.ema, "a number in [0, 1)")
+        if tc.objective not in TRAINING_OBJECTIVES:
+            raise ConfigValueError("training.objective", tc.objective, f"one of {list(TRAINING_OBJECTIVES)}")
+        if not 0 <= tc.label_dropout < 1:
+            raise ConfigValueError("training.label_dropout", tc.label_dropout, "a number in [0, 1)")
+        if tc.label_dropout > 0 and not c.conditional:
+            raise ConfigValueError(
+                "training.label_dropout", tc.label_dropout, "0 for an unconditional model (conditional=false)"
+            )
+        if c.context_frames < 0:
+            raise ConfigValueError("context_frames", c.context_frames, "an integer >= 0")
+        if c.guidance < 0:
+            raise ConfigValueError("guidance", c.guidance, "a number >= 0")
+        if c.guidance != 1 and tc.label_dropout == 0:
+            raise ConfigValueError(
+                "guidance", c.guidance, "1 unless training.label_dropout > 0 (guidance needs the null label)"
+            )
+        if any(not 1 <= s <= tc.steps for s in tc.checkpoints):
+            raise ConfigValueError("training.checkpoints", list(tc.checkpoints), f"steps in [1, {tc.steps}]")
+        self._schedule: NoiseSchedule | None = None
+
+    # -- architecture -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> torch.nn.Module:
+        """A freshly initialised denoiser for clips of ``clip_shape`` = (T, H, W, C).
+
+        The module's ``forward(x_t, t, labels)`` takes x_t (B, C, T, H, W), t (B,) int64 and labels
+        (B,) int64 or None, and returns eps (B, C, T, H, W). Initialise from torch's global RNG; the
+        trainer seeds it.
+        """
+
+    def embedding_classes(self, num_classes: int) -> int:
+        """Rows of the class embedding to build: the classes, plus the null label with label dropout."""
+        return num_classes + 1 if self.config.training.label_dropout > 0 else num_classes
+
+    def null_label(self, num_classes: int) -> int | None:
+        """The label that means "no class" (the last embedding row), or None without label dropout."""
+        return num_classes if self.config.training.label_dropout > 0 else None
+
+    def temporal_parameter_names(self, module: torch.nn.Module) -> list[str]:
+        """Names of the parameters that mix information across frames (``params=temporal``)."""
+        return [name for name, _ in module.named_parameters() if "temporal" in name]
+
+    # -- data ---------------------------------------------------------------------------------------
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames to model space.
+
+        Shape:
+            frames: (N, T, H, W, C) float in [0, 1]; returns (N, C, T, H, W) float32 in [-1, 1].
+        """
+        import torch
+
+        x = torch.as_tensor(np.asarray(frames, dtype=np.float32))
+        return (x.permute(0, 4, 1, 2, 3) * 2 - 1).contiguous()
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Model space back to frames (N, T, H, W, C) float32 in [0, 1]."""
+        frames = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
+        return frames.contiguous().numpy()
+
+    def loss_grid(self, clip_shape: tuple[int, int, int, int]) -> tuple[int, int, int]:
+        """(T, H, W) of the loss a per-pixel weight mask multiplies; pixel-space models: the frames."""
+        return clip_shape[0], clip_shape[1], clip_shape[2]
+
+    # -- diffusion ----------------------------------------------------------------------------------
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        if self._schedule is None:
+            self._schedule = make_schedule(self.config.schedule, self.config.diffusion_steps)
+        return self._schedule
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The model's noisy input: DDPM forward noising, with the ``context_frames`` first frames clean.
+
+        Shape: x0, noise (B, C, T, H, W); t (B,) or 0-d int64; returns (B, C, T, H, W).
+        """
+        x_t = add_noise(self.schedule, x0, t, noise)
+        return self.with_context(x_t, x0[:, :, : self.config.context_frames])
+
+    def with_context(self, x_t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``x_t`` with its first k frames replaced by the clean ``context`` (B, C, k, H, W).
+
+        k = ``context_frames``; with k = 0, ``x_t`` itself (``context`` is ignored).
+        """
+        import torch
+
+        k = self.config.context_frames
+        if k == 0:
+            return x_t
+        return torch.cat([context.to(x_t.dtype), x_t[:, :, k:]], dim=2)
+
+    def _generated_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The frames the model generates (all but the context frames), for a tensor with time at dim 2."""
+        k = self.config.context_frames
+        return x[:, :, k:] if k and x.ndim >= 3 and x.shape[2] > 1 else x
+
+    def per_example_loss(
+        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eps-prediction MSE per example over the generated frames, optionally weighted per pixel.
+
+        Shape:
+            prediction, noise: (B, C, T, H, W).
+            weight: None or broadcastable to (B, C, T, H, W), e.g. (B, 1, T, H, W) (MOTIVE's motion mask).
+            returns: (B,), the mean over every other dimension of ``weight * (prediction - noise)^2``,
+            leaving out the ``context_frames`` first frames.
+        """
+        error = (self._generated_frames(prediction).float() - self._generated_frames(noise).float()) ** 2
+        if weight is not None:
+            error = error * self._generated_frames(weight)
+        return error.flatten(1).mean(dim=1)
+
+    def training_loss(self, prediction: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The per-example training loss of ``training.objective`` at timesteps ``t`` (B,). -> (B,).
+
+        ``v``: since eps = sqrt(ab) v + sqrt(1 - ab) x_t, the eps error is sqrt(ab_t) times the v error,
+        so the v MSE is the eps MSE / ab_t.
+        """
+        loss = self.per_example_loss(prediction, noise)
+        if self.config.training.objective == "v":
+            alpha_bar = self.schedule.alpha_bars.to(loss.device)[t].clamp_min(V_OBJECTIVE_FLOOR)
+            loss = loss / alpha_bar.to(loss.dtype)
+        return loss
+
+    def dtrak_output(self, prediction: torch.Tensor) -> torch.Tensor:
+        """D-TRAK's output function, the mean squared norm of the prediction's generated frames. -> (B,)."""
+        return (self._generated_frames(prediction).float() ** 2).flatten(1).mean(dim=1)
+
+    def sample(
+        self,
+        module: torch.nn.Module,
+        labels: torch.Tensor | None,
+        count: int,
+        clip_shape: tuple[int, int, int, int],
+        seed: int,
+        device: str = "cpu",
+        null_label: int | None = None,
+        context: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """Class-conditional DDIM samples, as frames, with classifier-free guidance when configured.
+
+        Args:
+            labels: (count,) int64 classes to condition on, or None (unconditional).
+            clip_shape: (T, H, W, C).
+            seed: seeds the starting noise.
+            null_label: the "no class" label (see :meth:`null_label`); needed when ``guidance`` != 1.
+            context: (count, C, k, H, W) clean first frames in model space, k = ``context_frames``;
+                needed when k > 0 (image-to-video).
+
+        Returns:
+            (count, T, H, W, C) float32 frames in [0, 1].
+        """
+        import torch
+
+        t, h, w, c = clip_shape
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((count, c, t, h, w), generator=generator).to(device)
+        label_tensor = None if labels is None else labels.to(device)
+        guidance = self.config.guidance
+        guided = label_tensor is not None and guidance != 1
+        if guided and null_label is None:
+            raise ConfigValueError("guidance", guidance, "1: this model was trained without a null label")
+        k = self.config.context_frames
+        if k and (context is None or tuple(context.shape) != (count, c, k, h, w)):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"context_frames={k}: pass context of shape {(count, c, k, h, w)}, got {got}")
+        if k:
+            context = context.to(device)
+        module.eval()
+
+        def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+            x_t = self.with_context(x_t, context)
+            if not guided:
+                return module(x_t, step, label_tensor)
+            # One forward for both halves: the class-conditional and the null-label prediction.
+            both = module(
+                torch.cat([x_t, x_t]),
+                torch.cat([step, step]),
+                torch.cat([label_tensor, torch.full_like(label_tensor, null_label)]),
+            )
+            conditional, unconditional = both.chunk(2)
+            return unconditional + guidance * (conditional - unconditional)
+
+        with torch.no_grad():
+            x0 = ddim_sample(self.schedule, predict, noise, self.config.sample_steps)
+        return self.decode(self.with_context(x0, context))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

@@ -1,0 +1,60 @@
+"""Scorers: influence of every training clip on every query, from their features.
+
+Built-in implementations (``plugins/scorers``):
+    cosine: the paper's eq. 5, averaged over checkpoints.
+    random: uniform random scores (the random baseline); reads no features.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from mwga_core.api.context import RunContext
+from mwga_core.plugin_host.registry import ComponentConfig
+
+
+@dataclass
+class ScorerConfig(ComponentConfig):
+    """Base config for scorers."""
+
+
+class Scorer(ABC):
+    """Features to scores; higher means more influential."""
+
+    #: False for scorers that ignore features: the pipeline then skips motion, descriptor, gradient
+    #: and projection, and passes features with P = 0.
+    uses_features: ClassVar[bool] = True
+
+    def __init__(self, config: ScorerConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def score(self, query: np.ndarray, train: np.ndarray, ctx: RunContext) -> np.ndarray:
+        """Score every (query, training clip) pair.
+
+        Shape:
+            query: (K, Q, P) float32 features, K checkpoints.
+            train: (K, N, P) float32 features.
+            returns: (Q, N) float64 scores.
+        """
+
+    def per_clip(self, train: np.ndarray, ctx: RunContext) -> tuple[Scorer, np.ndarray]:
+        """A scorer and training features that score any *subset* of ``train`` as :meth:`score` scores it
+        within the whole set.
+
+        ``mwga attribute`` searches and rescores subsets of the indexed clips, which is only right for a
+        scorer whose score of one clip ignores the others. A scorer that reads the whole training set
+        (e.g. ``cosine`` with ``neighbours``) returns its training-side step applied once to all of
+        ``train`` and a scorer without that step. Default: ``(self, train)``.
+
+        Shape:
+            train: (K, N, P); returns features (K, N, P') for the returned scorer.
+        """
+        return self, train
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

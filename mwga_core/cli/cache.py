@@ -1,0 +1,225 @@
+"""``mwga cache info|clear``: what the cache folder holds, and removing it (all, one stage, or old entries).
+
+The cache folder is ``--dir``, else ``$MWGA_CACHE_DIR``, else ``~/.cache/mwga`` (``cache.dir``'s default).
+It holds the stage cache (``stages/<stage>/<key>/``, :mod:`mwga_core.storage.stage_cache`), the feature store
+(``features/<key>/``), trained models (``models/<key>/``) and whatever other folders mwga keeps there;
+each folder (or file) directly inside one of them is one *entry*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mwga_core.api.errors import ConfigValueError
+from mwga_core.storage.stage_cache import OTHER_CACHES, STAGES
+
+#: temporary folders of writers that died are removed by ``clear`` once they are this old
+STALE_TEMP_SECONDS = 3600
+
+
+@dataclass
+class Entry:
+    """One cache entry: its folder, size in bytes and the time its newest file was written."""
+
+    path: Path
+    bytes: int
+    modified: float
+
+
+@dataclass
+class CacheSummary:
+    """The entries of one stage (or other cache folder)."""
+
+    name: str
+    folder: str
+    entries: int
+    bytes: int
+    oldest: str | None
+    newest: str | None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MWGA_CACHE_DIR") or "~/.cache/mwga").expanduser()
+
+
+def _measure(path: Path) -> Entry:
+    if path.is_file():
+        stat = path.stat()
+        return Entry(path, stat.st_size, stat.st_mtime)
+    size, newest = 0, path.stat().st_mtime
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                stat = (Path(folder) / name).stat()
+            except OSError:  # removed meanwhile by a concurrent writer
+                continue
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime)
+    return Entry(path, size, newest)
+
+
+def cache_folders(root: Path) -> dict[str, Path]:
+    """``name -> folder`` of every cache: each stage of the stage cache, then the other top-level folders."""
+    folders = {stage: root / "stages" / stage for stage in STAGES}
+    stages = root / "stages"
+    if stages.is_dir():
+        for extra in sorted(p for p in stages.iterdir() if p.is_dir() and p.name not in folders):
+            folders[extra.name] = extra
+    folders.update({name: root / name for name in OTHER_CACHES})
+    if root.is_dir():
+        for other in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "stages"):
+            folders.setdefault(other.name, other)
+    return folders
+
+
+def entries(folder: Path, include_temp: bool = False) -> list[Entry]:
+    """The entries of one cache folder (hidden names are writers' temporary folders)."""
+    if not folder.is_dir():
+        return []
+    return [
+        _measure(path) for path in sorted(folder.iterdir()) if include_temp or not path.name.startswith(".")
+    ]
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def summarise(root: Path) -> list[CacheSummary]:
+    """One summary per cache folder (stages first), empty ones included for the stages."""
+    summaries = []
+    for name, folder in cache_folders(root).items():
+        found = entries(folder)
+        times = [e.modified for e in found]
+        summaries.append(
+            CacheSummary(
+                name=name,
+                folder=str(folder),
+                entries=len(found),
+                bytes=sum(e.bytes for e in found),
+                oldest=_iso(min(times)) if times else None,
+                newest=_iso(max(times)) if times else None,
+            )
+        )
+    return summaries
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def clear(root: Path, stage: str | None = None, older_than_days: float | None = None) -> dict[str, dict]:
+    """Remove the entries of every cache (or of ``stage``), or only those older than the given days.
+
+    Stale temporary folders of writers that died (older than an hour) go too. Returns
+    ``name -> {"entries": n, "bytes": b}`` of what was removed.
+    """
+    folders = cache_folders(root)
+    if stage is not None:
+        if stage not in folders:
+            raise ConfigValueError("--stage", stage, f"one of {sorted(folders)}")
+        folders = {stage: folders[stage]}
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    freed: dict[str, dict] = {}
+    for name, folder in folders.items():
+        removed = {"entries": 0, "bytes": 0}
+        for entry in entries(folder, include_temp=True):
+            temp = entry.path.name.startswith(".")
+            if temp and entry.modified > time.time() - STALE_TEMP_SECONDS:
+                continue  # a writer may still be filling it
+            if cutoff is not None and entry.modified >= cutoff:
+                continue
+            if entry.path.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                entry.path.unlink(missing_ok=True)
+            removed["entries"] += 0 if temp else 1
+            removed["bytes"] += entry.bytes
+        freed[name] = removed
+    return freed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mwga cache",
+        description="Inspect or clear mwga's cache folder (stage outputs, features, models).",
+    )
+    parser.add_argument("action", choices=("info", "clear"), nargs="?", default="info")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="the cache folder ($MWGA_CACHE_DIR or ~/.cache/mwga)"
+    )
+    parser.add_argument(
+        "--stage", default=None, help="only this stage or cache folder (flows, features, models, ...)"
+    )
+    parser.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="only entries older than DAYS"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def cache_command(args: list[str]) -> int:
+    """``mwga cache [info|clear] [--stage NAME] [--older-than DAYS] [--dir PATH] [--json]``."""
+    from rich.table import Table
+
+    from mwga_core.reporting.run_outputs import table_console
+
+    options = _parser().parse_args(args)
+    root = (options.dir or default_cache_dir()).expanduser()
+    if options.older_than is not None and options.older_than < 0:
+        raise ConfigValueError("--older-than", options.older_than, "a number of days >= 0")
+    console = table_console()
+    if options.action == "clear":
+        freed = clear(root, options.stage, options.older_than)
+        total = sum(f["bytes"] for f in freed.values())
+        if options.json:
+            print(json.dumps({"dir": str(root), "freed": freed, "total_bytes": total}, indent=2))
+            return 0
+        for name, removed in freed.items():
+            if removed["entries"] or removed["bytes"]:
+                console.print(
+                    f"{name}: removed {removed['entries']} entries, {human_bytes(removed['bytes'])}"
+                )
+        count = sum(f["entries"] for f in freed.values())
+        console.print(f"freed {human_bytes(total)} ({count} entries) in {root}", highlight=False)
+        return 0
+    summaries = summarise(root)
+    if options.stage is not None:
+        summaries = [s for s in summaries if s.name == options.stage]
+        if not summaries:
+            raise ConfigValueError("--stage", options.stage, f"one of {sorted(cache_folders(root))}")
+    if options.json:
+        data = {
+            "dir": str(root),
+            "caches": [asdict(s) for s in summaries],
+            "total_bytes": sum(s.bytes for s in summaries),
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    table = Table(title=f"mwga cache: {root}", title_justify="left")
+    for column, justify in (
+        ("cache", "left"),
+        ("entries", "right"),
+        ("size", "right"),
+        ("oldest", "left"),
+        ("newest", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for s in summaries:
+        table.add_row(s.name, str(s.entries), human_bytes(s.bytes), s.oldest or "-", s.newest or "-")
+    table.add_section()
+    table.add_row(
+        "total", str(sum(s.entries for s in summaries)), human_bytes(sum(s.bytes for s in summaries)), "", ""
+    )
+    console.print(table)
+    return 0

@@ -1,0 +1,98 @@
+"""The run config schema and its registration in Hydra's ConfigStore.
+
+The primary config (``conf/config.yaml``) starts from ``mwga_schema`` and picks one option per config
+group. Every registered component contributes its own option to its group, with its dataclass as the
+schema, so third-party components appear as ``descriptor=<name>`` without any YAML, and a misspelled
+field fails at composition time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from mwga_core.evaluation.metrics import MetricSpec
+from mwga_core.plugin_host.host import PluginHost
+
+
+@dataclass
+class CacheConfig:
+    """Where reusable artefacts live (trained models, features, stage outputs) and what is kept."""
+
+    dir: str = "${oc.env:MWGA_CACHE_DIR,'~/.cache/mwga'}"
+    #: keep every stage's output (dataset, flows, descriptors, gradients, scores) in <dir>/stages/ and
+    #: reuse it when the stage's config, inputs and code are unchanged (mwga_core/storage/stage_cache.py)
+    enabled: bool = True
+    #: also keep the unprojected gradients (K x N x D float32 per split), so a projection sweep reuses them
+    gradients: bool = True
+    #: a split whose unprojected gradients would take more GiB than this is not stored
+    gradients_max_gb: float = 8.0
+
+
+@dataclass
+class MwgaConfig:
+    """Top-level run config. Component groups are filled by the defaults list."""
+
+    dataset: Any = MISSING
+    motion: Any = MISSING
+    descriptor: Any = MISSING
+    gradient: Any = MISSING
+    projection: Any = MISSING
+    scorer: Any = MISSING
+    #: the diffusion model that real gradient sources train and differentiate (model adapters)
+    model: Any = MISSING
+    #: the method preset's label, shown in tables and results.json
+    method_name: str = "custom"
+    #: the experiment preset's name (conf/experiment/); names the multirun folder, empty for plain runs
+    experiment_name: str = ""
+    seed: int = 0
+    #: torch device for gradients and projection: cpu, cuda, cuda:1, ...
+    device: str = "cpu"
+    #: a clip whose mean flow magnitude (px per frame pair) is below this is treated as static
+    static_threshold: float = 0.01
+    eval: MetricSpec = field(default_factory=MetricSpec)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: write every query's full ranking to rankings.csv
+    save_rankings: bool = True
+    #: keep projected features in <cache.dir>/features/ and resume an interrupted featurization there
+    feature_store: bool = True
+    #: query clips: heldout (the dataset's real query clips) or generated (sampled from the trained
+    #: model, dataset.queries_per_pattern per class; needs a gradient source with a model)
+    query: str = "heldout"
+    #: where featurization (gradients + projection) runs: local (this process) or ray (Ray actors over
+    #: clip chunks, same features; docs/distributed.md)
+    executor: str = "local"
+    #: executor=ray: the cluster to join (auto, host:6379, ray://host:10001); empty starts a local one
+    ray_address: str = ""
+    #: executor=ray: Ray actors featurizing at once; 0 = one per CPU of the cluster
+    ray_num_workers: int = 0
+    #: executor=ray: most clips per chunk sent to a worker (each chunk is written to the feature store)
+    ray_chunk_clips: int = 256
+
+
+def group_configs(cfg: Any, groups: tuple[str, ...]) -> dict[str, Any]:
+    """Plain (resolved, JSON-able) configs of the ``groups`` the run config has and sets."""
+    from omegaconf import OmegaConf
+
+    return {
+        group: OmegaConf.to_container(cfg[group], resolve=True)
+        for group in groups
+        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
+    }
+
+
+def cache_path(config: CacheConfig | Any) -> Path:
+    return Path(str(config.dir)).expanduser()
+
+
+def register_configs(host: PluginHost) -> None:
+    """Store the run schema and one option per registered component in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="mwga_schema", node=MwgaConfig)
+    for group, registry in host.registries.items():
+        for spec in registry.specs():
+            store.store(group=group, name=spec.name, node=spec.default_config(), provider=spec.plugin)
