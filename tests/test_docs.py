@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from mwga_core.plugin_host import hookspecs
-from mwga_core.plugin_host.kinds import KINDS
 from mwga_core.plugin_host.host import BUILTIN_DISTRIBUTION, PluginHost
+from mwga_core.plugin_host.kinds import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

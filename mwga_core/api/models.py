@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mwga_core.diffusion.schedules import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.diffusion.schedules import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
 from mwga_core.plugin_host.registry import ComponentConfig
 
 if TYPE_CHECKING:

@@ -81,10 +81,10 @@ def run_job(cfg: DictConfig) -> dict:
     """One Hydra job: run the pipeline, print the table, write the outputs into the job's folder."""
     from hydra.core.hydra_config import HydraConfig
 
-    from mwga_core.config.schema import cache_path
     from mwga_core.api.context import RunContext
-    from mwga_core.pipeline.run import run_attribution
     from mwga_core.api.progress import progress_wanted
+    from mwga_core.config.schema import cache_path
+    from mwga_core.pipeline.run import run_attribution
     from mwga_core.reporting.run_outputs import metric_rows, pretty_metric, rich_table, write_run_outputs
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)

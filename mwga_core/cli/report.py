@@ -30,8 +30,8 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <folder>/report)")
     options = parser.parse_args(args)
 
-    from mwga_core.reporting.run_outputs import table_console
     from mwga_core.reporting.builder import build_report
+    from mwga_core.reporting.run_outputs import table_console
 
     build_report(options.folder, options.out, console=table_console())
     return 0

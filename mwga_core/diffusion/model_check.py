@@ -178,12 +178,12 @@ def model_check_command(args: list[str]) -> int:
     from hydra import compose, initialize_config_module
     from rich.table import Table
 
-    from mwga_core.config.schema import cache_path, register_configs
     from mwga_core.api.context import RunContext
-    from mwga_core.plugin_host.host import get_host
     from mwga_core.api.progress import progress_wanted
-    from mwga_core.reporting.run_outputs import table_console
+    from mwga_core.config.schema import cache_path, register_configs
     from mwga_core.diffusion.training import load_or_train
+    from mwga_core.plugin_host.host import get_host
+    from mwga_core.reporting.run_outputs import table_console
 
     per_class, as_json, overrides = 16, False, []
     rest = list(args)

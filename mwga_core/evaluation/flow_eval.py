@@ -243,8 +243,8 @@ def save_flow_pictures(
     All panels of a picture share one colour scale (the true flow's largest speed), so a saturation
     difference is an error. The shown flows are also written as ``<pattern>_<estimator>.flo``.
     """
-    from mwga_core.reporting.flow_io import flow_to_colour, write_flo, write_png
     from mwga_core.api.motion import to_grey
+    from mwga_core.reporting.flow_io import flow_to_colour, write_flo, write_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -305,8 +305,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def flow_eval_command(args: list[str]) -> int:
     """``mwga flow-eval``: evaluate estimators, print the table, write JSON/CSV/markdown."""
-    from mwga_core.plugin_host.host import get_host
     from mwga_core.api.progress import progress_wanted
+    from mwga_core.plugin_host.host import get_host
 
     options = make_parser().parse_args(args)
     if options.clips < 1:

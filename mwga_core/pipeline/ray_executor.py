@@ -36,9 +36,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mwga_core.api.clips import AnalysedClips
-from mwga_core.config.schema import group_configs
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
+from mwga_core.config.schema import group_configs
 from mwga_core.storage.feature_store import FeatureStore
 
 EXECUTORS = ("local", "ray")

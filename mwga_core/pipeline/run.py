@@ -13,6 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
+from mwga_core.api.context import RunContext
+from mwga_core.api.datasets import Dataset
+from mwga_core.api.descriptors import Descriptor
+from mwga_core.api.errors import ConfigValueError, DataError
+from mwga_core.api.gradients import GradientSource
+from mwga_core.api.models import ModelAdapter
+from mwga_core.api.motion import MotionEstimator
+from mwga_core.api.projectors import Projector
+from mwga_core.api.scorers import Scorer
+from mwga_core.evaluation.metrics import Evaluation, MetricSpec, evaluate
+from mwga_core.pipeline.ray_executor import RaySettings, featurize_on_ray
 from mwga_core.pipeline.stages import (
     RawGradients,
     cached_descriptors,
@@ -24,20 +36,8 @@ from mwga_core.pipeline.stages import (
     gradient_key,
     load_corpus,
 )
-from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
-from mwga_core.api.context import RunContext
-from mwga_core.api.datasets import Dataset
-from mwga_core.api.descriptors import Descriptor
-from mwga_core.pipeline.ray_executor import RaySettings, featurize_on_ray
-from mwga_core.api.errors import ConfigValueError, DataError
-from mwga_core.storage.feature_store import FeatureStore, feature_key_parts
-from mwga_core.api.gradients import GradientSource
-from mwga_core.evaluation.metrics import Evaluation, MetricSpec, evaluate
-from mwga_core.api.models import ModelAdapter
-from mwga_core.api.motion import MotionEstimator
 from mwga_core.plugin_host.host import PluginHost, get_host
-from mwga_core.api.projectors import Projector
-from mwga_core.api.scorers import Scorer
+from mwga_core.storage.feature_store import FeatureStore, feature_key_parts
 from mwga_core.storage.stage_cache import StageCache, stage_cache_from_config
 
 log = logging.getLogger("mwga")

@@ -21,8 +21,8 @@ from typing import Any
 
 import pluggy
 
-from mwga_core.plugin_host import hookspecs
 from mwga_core.api.errors import PluginLoadError
+from mwga_core.plugin_host import hookspecs
 from mwga_core.plugin_host.kinds import KINDS, KINDS_BY_GROUP
 from mwga_core.plugin_host.registry import Registrar, Registry
 

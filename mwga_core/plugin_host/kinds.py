@@ -8,8 +8,8 @@ from mwga_core.api.gradients import GradientSource
 from mwga_core.api.models import ModelAdapter
 from mwga_core.api.motion import MotionEstimator
 from mwga_core.api.projectors import Projector
-from mwga_core.plugin_host.registry import ComponentKind
 from mwga_core.api.scorers import Scorer
+from mwga_core.plugin_host.registry import ComponentKind
 
 KINDS: tuple[ComponentKind, ...] = (
     ComponentKind("dataset", "dataset", "mwga_register_datasets", Dataset),

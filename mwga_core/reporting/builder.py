@@ -26,7 +26,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mwga_core.reporting.run_outputs import pretty_metric, rich_table
 from mwga_core.reporting import figures
 from mwga_core.reporting.paper import (
     Experiment,
@@ -38,6 +37,7 @@ from mwga_core.reporting.paper import (
     pattern_label,
 )
 from mwga_core.reporting.results import ResultSet, load_result_sets
+from mwga_core.reporting.run_outputs import pretty_metric, rich_table
 from mwga_core.reporting.tables import (
     ReportTable,
     cell_text,

@@ -17,7 +17,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mwga_core.reporting.run_outputs import format_value, markdown_table, pretty_metric, rich_table, table_console
+from mwga_core.reporting.run_outputs import (
+    format_value,
+    markdown_table,
+    pretty_metric,
+    rich_table,
+    table_console,
+)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -12,7 +12,6 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from mwga_core.reporting.run_outputs import format_value, pretty_metric
 from mwga_core.reporting.paper import (
     Experiment,
     method_label,
@@ -23,6 +22,7 @@ from mwga_core.reporting.paper import (
     pattern_label,
 )
 from mwga_core.reporting.results import Group, ResultSet, Stat
+from mwga_core.reporting.run_outputs import format_value, pretty_metric
 
 Cell = str | Stat | float | None
 

@@ -29,8 +29,8 @@ from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError, DataError
 from mwga_core.api.gradients import GradientSource
-from mwga_core.retrieval.index import IndexData, load_index
 from mwga_core.plugin_host.host import PluginHost, get_host
+from mwga_core.retrieval.index import IndexData, load_index
 
 #: scorers whose score is a mean over checkpoints of an inner product, so an exact FAISS search ranks them
 INNER_PRODUCT_SCORERS = ("cosine", "dot")
@@ -269,9 +269,9 @@ def attribute_command(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from mwga_core.api.progress import progress_wanted
     from mwga_core.config.schema import CacheConfig, cache_path
     from mwga_core.reporting.contact_sheet import SheetRow, write_contact_sheet
-    from mwga_core.api.progress import progress_wanted
     from mwga_core.reporting.run_outputs import table_console
 
     parser = argparse.ArgumentParser(

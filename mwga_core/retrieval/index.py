@@ -48,10 +48,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mwga_core import __version__
 from mwga_core.api.clips import ClipSet
-from mwga_core.config.schema import group_configs
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.api.gradients import GradientSource
+from mwga_core.config.schema import group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
 
 FORMAT_VERSION = 1
@@ -435,8 +435,8 @@ def index_command(args: list[str]) -> int:
 
     from rich.console import Console
 
-    from mwga_core.config.schema import cache_path
     from mwga_core.api.progress import progress_wanted
+    from mwga_core.config.schema import cache_path
 
     parser = argparse.ArgumentParser(
         prog="mwga index",

@@ -25,9 +25,9 @@ import math
 from dataclasses import dataclass
 
 from mwga_core import hookimpl
-from mwga_core.diffusion.schedules import make_schedule
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter, ModelConfig
+from mwga_core.diffusion.schedules import make_schedule
 
 PARAMETRIZATIONS = ("eps", "v")
 

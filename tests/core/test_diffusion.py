@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mwga_core.diffusion.schedules import add_noise, ddim_sample, ddim_timesteps, make_schedule
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.diffusion.schedules import add_noise, ddim_sample, ddim_timesteps, make_schedule
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])

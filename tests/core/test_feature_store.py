@@ -14,9 +14,9 @@ from mwga_plugins.projectors.sparse_jl import SparseJLProjector, SparseJLProject
 from omegaconf import OmegaConf
 
 from mwga_core.api.clips import AnalysedClips, ClipSet
-from mwga_core.storage.feature_store import FeatureStore, feature_key, feature_key_parts
 from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
 from mwga_core.pipeline.run import Components, featurize, run_attribution
+from mwga_core.storage.feature_store import FeatureStore, feature_key, feature_key_parts
 
 
 class Killed(Exception):

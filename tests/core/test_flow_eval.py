@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mwga_core.cli.main import main
 from mwga_core.api.errors import MwgaUserError
+from mwga_core.api.motion import MotionConfig, MotionEstimator
+from mwga_core.cli.main import main
 from mwga_core.evaluation.flow_eval import (
     evaluate_estimator,
     flow_metrics,
@@ -17,7 +18,6 @@ from mwga_core.evaluation.flow_eval import (
     parse_estimator_spec,
     parse_set_overrides,
 )
-from mwga_core.api.motion import MotionConfig, MotionEstimator
 from mwga_core.testing import small_corpus
 
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mwga_core.diffusion import model_check
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.diffusion import model_check
 from mwga_core.testing.contracts import make_context
 
 CLASSES = ["a", "b", "c"]

@@ -18,8 +18,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from mwga_core import hookimpl
-from mwga_core.plugin_host import host as plugin_host
 from mwga_core.api.errors import PluginLoadError
+from mwga_core.plugin_host import host as plugin_host
 from mwga_core.plugin_host.host import BLOCK_ENV, STRICT_ENV, PluginHost
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mwga_core.cli.main import main
 from mwga_core.api.errors import MwgaUserError
+from mwga_core.cli.main import main
 from mwga_core.reporting.builder import build_report
 from mwga_core.reporting.paper import paper_values
 from mwga_core.reporting.results import Stat, load_result_sets

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mwga_core.retrieval import faiss_index as retrieval
 from mwga_core.api.errors import ConfigValueError, DataError
+from mwga_core.retrieval import faiss_index as retrieval
 from mwga_core.retrieval.faiss_index import RetrievalIndex, build_index
 
 faiss = pytest.importorskip("faiss")

@@ -12,9 +12,9 @@ import torch
 from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 from safetensors.torch import load_file
 
-from mwga_core.diffusion import training
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import TrainingConfig
+from mwga_core.diffusion import training
 from mwga_core.testing.contracts import make_context, small_corpus
 
 
