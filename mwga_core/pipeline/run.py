@@ -22,8 +22,9 @@ from mwga_core.api.gradients import GradientSource
 from mwga_core.api.models import ModelAdapter
 from mwga_core.api.motion import MotionEstimator
 from mwga_core.api.projectors import Projector
+from mwga_core.api.results import AttributionResult
 from mwga_core.api.scorers import Scorer
-from mwga_core.evaluation.metrics import Evaluation, MetricSpec, evaluate
+from mwga_core.evaluation.metrics import MetricSpec, evaluate
 from mwga_core.pipeline.ray_executor import RaySettings, featurize_on_ray
 from mwga_core.pipeline.stages import (
     RawGradients,
@@ -55,25 +56,6 @@ class Components:
     scorer: Scorer
     #: the model adapter, built only when the gradient source differentiates a model
     model: ModelAdapter | None = None
-
-
-@dataclass
-class AttributionResult:
-    """Everything a run computed.
-
-    Attributes:
-        scores: (Q, N) float64 influence of each training clip on each query.
-        rankings: (Q, N) int64 training-clip indices, most influential first.
-        train_features, query_features: (K, N, P) and (K, Q, P) float32.
-    """
-
-    corpus: Corpus
-    scores: np.ndarray
-    rankings: np.ndarray
-    evaluation: Evaluation
-    train_features: np.ndarray
-    query_features: np.ndarray
-    static_training_ids: list[str]
 
 
 def build_components(cfg: DictConfig, host: PluginHost) -> Components:

@@ -1,7 +1,7 @@
 """Finished runs and sweeps read back from disk, grouped by what was swept, with seeds aggregated.
 
 A *run folder* holds ``results.json``; a *sweep folder* holds job folders with ``results.json`` and
-``.hydra/overrides.yaml`` (what :mod:`mwga_core.reporting.sweep` reads too). Jobs whose overrides differ only in
+``.hydra/overrides.yaml`` (:func:`job_dirs`, :func:`job_overrides`; the sweep callback reads them too). Jobs whose overrides differ only in
 ``seed`` form one :class:`Group`; its metrics are the mean and sample standard deviation over them.
 """
 
@@ -13,11 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mwga_core.api.errors import DataError, MwgaUserError
-from mwga_core.reporting.sweep import job_dirs, job_overrides
 
 #: the override that marks repetitions of one setting rather than a setting of its own
 SEED_KEY = "seed"
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep that left a results.json, in job-number order."""
+    jobs = [p.parent for p in sweep_dir.glob("*/results.json")]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """A job's task overrides (``.hydra/overrides.yaml``) as ``{key: value}``."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}
+    entries = yaml.safe_load(path.read_text()) or []
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from mwga_core.api.results import AttributionResult
 from mwga_core.evaluation.metrics import Evaluation
-from mwga_core.pipeline.run import AttributionResult
 
 
 def table_console() -> Console:

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 
+from mwga_core.reporting.results import job_dirs, job_overrides
 from mwga_core.reporting.run_outputs import (
     format_value,
     markdown_table,
@@ -24,21 +24,6 @@ from mwga_core.reporting.run_outputs import (
     rich_table,
     table_console,
 )
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep that left a results.json, in job-number order."""
-    jobs = [p.parent for p in sweep_dir.glob("*/results.json")]
-    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
-
-
-def job_overrides(job_dir: Path) -> dict[str, str]:
-    """A job's task overrides (``.hydra/overrides.yaml``) as ``{key: value}``."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    entries = yaml.safe_load(path.read_text()) or []
-    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 def aggregate_sweep(sweep_dir: Path) -> tuple[list[str], list[list[Any]]] | None:
