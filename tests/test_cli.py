@@ -32,7 +32,11 @@ MWGA = (
 )
 
 
-def mwga(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+#: only against a hung process, never tight: on a loaded machine a run takes many times longer than quiet
+SUBPROCESS_TIMEOUT_S = 3600
+
+
+def mwga(*args: str, cwd: Path, timeout: int = SUBPROCESS_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run the installed console script; the plugin env vars of the calling shell are dropped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MWGA_")}
     env["MWGA_CACHE_DIR"] = str(cwd / "cache")
@@ -61,7 +65,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_default_run(tmp_path: Path) -> None:
     """Bare `mwga`: trains the default model on the 200 clips and attributes with its real gradients."""
-    done = ok(mwga(cwd=tmp_path, timeout=1800))
+    done = ok(mwga(cwd=tmp_path))
     out = only(sorted(tmp_path.glob("outputs/*/*"))).resolve()
     for name in ("results.json", "metrics.csv", "table.md", "rankings.csv", ".hydra/config.yaml"):
         assert (out / name).is_file(), name
@@ -107,6 +111,7 @@ def test_default_run(tmp_path: Path) -> None:
         assert query["R@20"] == pytest.approx(sum(relevant[:20]) / sum(relevant))
 
 
+@pytest.mark.slow  # trains a model (100 steps) in a subprocess
 def test_override_of_a_component_field(tmp_path: Path) -> None:
     ok(mwga("method=ours", "descriptor.bins=16", *REAL_SMALL, "hydra.run.dir=run", cwd=tmp_path))
     results = json.loads((tmp_path / "run" / "results.json").read_text())

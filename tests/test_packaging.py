@@ -113,7 +113,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=3600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return next((root / "dist").glob("mwga-*.whl"))
@@ -129,7 +129,7 @@ def wheel_venv(wheel: Path) -> Path:
     site directories, so their .pth files (the editable finder among them) never run.
     """
     venv = wheel.parent / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=3600)
     python = venv / "bin" / "python"
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -144,7 +144,7 @@ def wheel_venv(wheel: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
         check=True,
-        timeout=300,
+        timeout=3600,
     )
     return venv
 
@@ -152,7 +152,7 @@ def wheel_venv(wheel: Path) -> Path:
 def venv_run(venv: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MWGA_", "PYTHON"))}
     env["MWGA_CACHE_DIR"] = str(cwd / "cache")
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
 
 
 @pytest.mark.slow

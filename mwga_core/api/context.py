@@ -33,7 +33,8 @@ class RunContext:
         device: torch device string (``cpu``, ``cuda``, ``cuda:1``).
         cache_dir: where reusable artefacts (trained models, features) live.
         output_dir: this run's output folder.
-        show_progress: draw progress bars (off in CI and when output is not a terminal).
+        show_progress: draw live progress bars (an interactive terminal); when False, long stages print
+            a progress line every ``MWGA_PROGRESS_INTERVAL`` seconds instead (CI, pipes, log files).
     """
 
     seed: int = 0
@@ -53,8 +54,9 @@ class RunContext:
         return np.random.default_rng(self.seed_for(*parts))
 
     def progress(self, description: str, total: int | None):
-        """A progress bar context; ``advance(n)`` on the returned handle moves it (``total=None``: a
-        pulsing bar with the elapsed time)."""
+        """A progress context; ``advance(n)`` on the returned handle reports n more steps done
+        (``total=None``: work that cannot count its steps, shown with its elapsed time). Bars or periodic
+        lines, see :mod:`mwga_core.api.progress`."""
         return make_progress(description, total, enabled=self.show_progress, console=self.console)
 
     @contextmanager

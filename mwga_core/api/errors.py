@@ -38,22 +38,43 @@ class ConfigValueError(MwgaUserError):
 class UnknownComponentError(MwgaUserError):
     """A component name that no plugin registered."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, hint: str = "") -> None:
         known = sorted(known)
         self.kind, self.name, self.known = kind, name, known
         listing = ", ".join(known) if known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {listing}.")
+        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {listing}.{' ' + hint if hint else ''}")
 
 
 class DuplicateComponentError(MwgaUserError):
-    """Two plugins registered the same component name."""
+    """A plugin registered a component name another plugin (loaded before it) already holds.
+
+    The plugin loaded first keeps the name; the newcomer is not loaded at all (all or nothing).
+    """
 
     def __init__(self, kind: str, name: str, first_plugin: str, second_plugin: str) -> None:
         self.kind, self.name = kind, name
         self.plugins = (first_plugin, second_plugin)
         super().__init__(
-            f"{kind} {name!r} is registered by two plugins, {first_plugin!r} and {second_plugin!r}; "
-            f"uninstall one or block it with MWGA_BLOCK_PLUGINS={second_plugin}."
+            f"{kind} {name!r} is already registered by plugin {first_plugin!r}, so plugin {second_plugin!r} "
+            f"cannot register it too and none of its components are loaded ({first_plugin!r} keeps "
+            f"{name!r}); rename the component, or uninstall or block one of the two with MWGA_BLOCK_PLUGINS."
+        )
+
+
+class ConfigNameTakenError(MwgaUserError):
+    """A plugin registered a component name that one of mwga's config files already is an option of.
+
+    ``gradient=diffusion_motion`` is ``conf/gradient/diffusion_motion.yaml``: a component registered under
+    that name would collide with the file in Hydra's config group, so the plugin is not loaded.
+    """
+
+    def __init__(self, kind: str, group: str, name: str, config_file: str, plugin: str) -> None:
+        self.kind, self.group, self.name = kind, group, name
+        self.config_file, self.plugin = config_file, plugin
+        super().__init__(
+            f"{kind} {name!r} of plugin {plugin!r} clashes with the config file {config_file} "
+            f"({group}={name} is taken by it), so none of the plugin's components are loaded; "
+            f"rename the component."
         )
 
 

@@ -1,14 +1,20 @@
-"""Model adapters: how mwga builds, noises, scores and samples a video diffusion model.
+"""Model adapters: how mwga builds, loads, noises, scores and samples a video diffusion model.
 
-An adapter wraps one kind of torch denoiser so the trainer (:mod:`mwga_core.diffusion.training`) and the
-``diffusion`` gradient source can use it without knowing its architecture. Any torch model can be
-attributed by registering an adapter through the ``mwga_register_models`` hook (config group ``model``);
+An adapter wraps one kind of torch denoiser so the ``model`` stage (:mod:`mwga_core.pipeline.model_stage`,
+which trains with :mod:`mwga_core.diffusion.training`), the ``diffusion`` gradient source and query
+generation can use it without knowing its architecture. Any torch model can be attributed by registering
+an adapter through the ``mwga_register_models`` hook (config group ``model``);
 ``docs/hooks/mwga_register_models.md`` shows a complete example.
 
 The contract, in model space (``x`` is a clip as the model sees it, channels first):
 
-* :meth:`ModelAdapter.build` returns an ``nn.Module`` whose ``forward(x_t, t, labels)`` predicts the
-  noise ``eps`` (same shape as ``x_t``); ``labels`` is None for an unconditional model.
+* :meth:`ModelAdapter.build_fresh` returns a freshly initialised ``nn.Module`` to train, whose
+  ``forward(x_t, t, labels)`` predicts the noise ``eps`` (same shape as ``x_t``); ``labels`` is None for an
+  unconditional model. Training is a capability: an adapter that only loads trained weights sets
+  :attr:`ModelAdapter.can_train` to False and leaves ``build_fresh`` out.
+* :meth:`ModelAdapter.load` returns a *trained* module holding given weights (a state dict);
+  :meth:`ModelAdapter.pretrained` may hand the ``model`` stage weights that come with the adapter, so
+  that nothing is trained. Both end up in a :class:`~mwga_core.api.trained_model.TrainedModel`.
 * :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
   [0, 1] and model space (N, C, T, H, W) in [-1, 1].
 * :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`, :meth:`ModelAdapter.training_loss`,
@@ -23,47 +29,52 @@ Built-in implementations (``plugins/models``):
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.config.checks import above, at_least, check_fields, one_of, satisfies
 from mwga_core.diffusion.schedules import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
 from mwga_core.plugin_host.registry import ComponentConfig
 
 if TYPE_CHECKING:
     import torch
 
+    from mwga_core.api.trained_model import TrainedModel
+
 TRAINING_OBJECTIVES = ("eps", "v")
 #: floor of alpha_bar_t in the v objective's 1 / alpha_bar_t weight (the cosine schedule's last step is ~0)
 V_OBJECTIVE_FLOOR = 1e-4
+_UNIT_INTERVAL = satisfies(lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
 @dataclass
 class TrainingConfig:
     """How the trainer fits the model (AdamW on the eps-prediction loss)."""
 
-    steps: int = 1200
-    batch_size: int = 16
-    lr: float = 3e-3
+    steps: int = field(default=1200, metadata=at_least(1))
+    batch_size: int = field(default=16, metadata=at_least(1))
+    lr: float = field(default=3e-3, metadata=above(0))
     weight_decay: float = 0.0
     #: linear learning-rate warm-up steps, then cosine decay to 10% of lr
-    warmup: int = 50
+    warmup: int = field(default=50, metadata=at_least(0))
     #: training steps after which a checkpoint is saved (the last step is always saved)
     checkpoints: list[int] = field(default_factory=lambda: [400, 800])
     #: bfloat16 autocast for the forward pass (AMX on CPU); weights and optimiser stay float32
     bf16: bool = True
     #: decay of the exponential moving average of the weights that checkpoints store (0 = raw weights)
-    ema: float = 0.99
+    ema: float = field(default=0.99, metadata=_UNIT_INTERVAL)
     #: classifier-free guidance training: this fraction of examples is trained with the null label (an
     #: extra class row), so one model predicts both conditionally and unconditionally (conditional only)
-    label_dropout: float = 0.0
+    label_dropout: float = field(default=0.0, metadata=_UNIT_INTERVAL)
     #: what the training loss measures: eps (the eps-prediction MSE, which weights timestep t by
     #: alpha_bar_t relative to v and so hardly trains the high-noise steps that set a sample's layout and
     #: motion) or v (the v-prediction MSE: eps MSE / alpha_bar_t, with alpha_bar_t floored at 1e-4)
-    objective: str = "eps"
+    objective: str = field(default="eps", metadata=one_of(*TRAINING_OBJECTIVES))
 
 
 @dataclass
@@ -73,17 +84,17 @@ class ModelConfig(ComponentConfig):
     #: condition on the motion class (a stand-in for a text prompt)
     conditional: bool = True
     #: beta schedule: linear or cosine
-    schedule: str = "cosine"
+    schedule: str = field(default="cosine", metadata=one_of(*SCHEDULES))
     #: T, the number of diffusion steps
-    diffusion_steps: int = 1000
+    diffusion_steps: int = field(default=1000, metadata=at_least(2))
     #: DDIM steps when sampling
     sample_steps: int = 25
     #: image-to-video conditioning: the first ``context_frames`` frames are given clean (never noised, not
     #: in the loss) and the model generates the rest; 0 = the model generates every frame
-    context_frames: int = 0
+    context_frames: int = field(default=0, metadata=at_least(0))
     #: classifier-free guidance scale w when sampling a class: eps = eps(null) + w (eps(class) -
     #: eps(null)); 1 = plain conditional sampling; other values need training.label_dropout > 0
-    guidance: float = 1.0
+    guidance: float = field(default=1.0, metadata=at_least(0))
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -91,36 +102,20 @@ class ModelAdapter(ABC):
     """Builds a denoiser and says how to noise, score and sample it. See the module docstring."""
 
     def __init__(self, config: ModelConfig) -> None:
+        check_fields(config)
+        try:
+            check_fields(config.training)
+        except ConfigValueError as error:
+            raise error.under("training") from None
         self.config = config
         c, tc = config, config.training
-        if c.schedule not in SCHEDULES:
-            raise ConfigValueError("schedule", c.schedule, f"one of {list(SCHEDULES)}")
-        if c.diffusion_steps < 2:
-            raise ConfigValueError("diffusion_steps", c.diffusion_steps, "an integer >= 2")
+        # rules that relate several fields (each field's own range is declared in its metadata)
         if not 1 <= c.sample_steps <= c.diffusion_steps:
             raise ConfigValueError("sample_steps", c.sample_steps, f"an integer in [1, {c.diffusion_steps}]")
-        if tc.steps < 1:
-            raise ConfigValueError("training.steps", tc.steps, "an integer >= 1")
-        if tc.batch_size < 1:
-            raise ConfigValueError("training.batch_size", tc.batch_size, "an integer >= 1")
-        if tc.lr <= 0:
-            raise ConfigValueError("training.lr", tc.lr, "a number > 0")
-        if tc.warmup < 0:
-            raise ConfigValueError("training.warmup", tc.warmup, "an integer >= 0")
-        if not 0 <= tc.ema < 1:
-            raise ConfigValueError("training.ema", tc.ema, "a number in [0, 1)")
-        if tc.objective not in TRAINING_OBJECTIVES:
-            raise ConfigValueError("training.objective", tc.objective, f"one of {list(TRAINING_OBJECTIVES)}")
-        if not 0 <= tc.label_dropout < 1:
-            raise ConfigValueError("training.label_dropout", tc.label_dropout, "a number in [0, 1)")
         if tc.label_dropout > 0 and not c.conditional:
             raise ConfigValueError(
                 "training.label_dropout", tc.label_dropout, "0 for an unconditional model (conditional=false)"
             )
-        if c.context_frames < 0:
-            raise ConfigValueError("context_frames", c.context_frames, "an integer >= 0")
-        if c.guidance < 0:
-            raise ConfigValueError("guidance", c.guidance, "a number >= 0")
         if c.guidance != 1 and tc.label_dropout == 0:
             raise ConfigValueError(
                 "guidance", c.guidance, "1 unless training.label_dropout > 0 (guidance needs the null label)"
@@ -129,16 +124,48 @@ class ModelAdapter(ABC):
             raise ConfigValueError("training.checkpoints", list(tc.checkpoints), f"steps in [1, {tc.steps}]")
         self._schedule: NoiseSchedule | None = None
 
-    # -- architecture -------------------------------------------------------------------------------
+    # -- architecture: build to train, load trained --------------------------------------------------
 
-    @abstractmethod
-    def build(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> torch.nn.Module:
-        """A freshly initialised denoiser for clips of ``clip_shape`` = (T, H, W, C).
+    #: whether mwga can train this adapter's denoiser, i.e. :meth:`build_fresh` is implemented. The
+    #: ``model`` stage trains one when :meth:`pretrained` gives no weights, and refuses with
+    #: :class:`ModelCannotTrainError` when this is False.
+    can_train: ClassVar[bool] = True
+
+    def build_fresh(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> torch.nn.Module:
+        """A freshly initialised denoiser to train, for clips of ``clip_shape`` = (T, H, W, C).
 
         The module's ``forward(x_t, t, labels)`` takes x_t (B, C, T, H, W), t (B,) int64 and labels
         (B,) int64 or None, and returns eps (B, C, T, H, W). Initialise from torch's global RNG; the
-        trainer seeds it.
+        trainer seeds it. Adapters that cannot train (:attr:`can_train` False) leave this out.
         """
+        raise ModelCannotTrainError(self)
+
+    def load(
+        self, weights: Mapping[str, torch.Tensor], clip_shape: tuple[int, int, int, int], num_classes: int
+    ) -> torch.nn.Module:
+        """A trained denoiser holding ``weights`` (a state dict), for clips of ``clip_shape``.
+
+        Default: :meth:`build_fresh`'s architecture (built without touching the caller's random numbers)
+        with ``weights`` loaded; they must hold every parameter and buffer of the module with its shape
+        (:func:`~mwga_core.api.trained_model.load_weights` names the first that do not). An adapter whose
+        architecture comes with its weights (a pretrained folder) overrides this.
+        """
+        import torch
+
+        from mwga_core.api.trained_model import load_weights
+
+        with torch.random.fork_rng(devices=[]):
+            module = self.build_fresh(clip_shape, num_classes)
+        load_weights(module, weights, origin=f"weights for {type(self).__name__}")
+        return module
+
+    def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> TrainedModel | None:
+        """Trained weights that come with this adapter (e.g. a checkpoint its config names), or None.
+
+        With weights, the ``model`` stage uses them and trains nothing. Default: None (mwga trains the
+        model on the training clips, which needs :attr:`can_train`).
+        """
+        return None
 
     def embedding_classes(self, num_classes: int) -> int:
         """Rows of the class embedding to build: the classes, plus the null label with label dropout."""
@@ -300,3 +327,15 @@ class ModelAdapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class ModelCannotTrainError(MwgaUserError):
+    """The run needs a model trained on the corpus, but the adapter can only load trained weights."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        super().__init__(
+            f"model adapter {type(adapter).__name__} cannot train a model (it only loads trained weights, "
+            "can_train=False) and it was given no trained weights: point its config at a trained model or "
+            "choose an adapter that trains, e.g. model=video_denoiser."
+        )

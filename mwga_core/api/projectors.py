@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mwga_core.api.context import RunContext
+from mwga_core.config.checks import check_fields
 from mwga_core.plugin_host.registry import ComponentConfig
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Projector(ABC):
     """Project gradients; the same (ctx.seed, D) must always give the same map."""
 
     def __init__(self, config: ProjectorConfig) -> None:
+        check_fields(config)
         self.config = config
 
     @abstractmethod

@@ -2,7 +2,14 @@
 
 Built-in implementations (``plugins/scorers``):
     cosine: the paper's eq. 5, averaged over checkpoints.
+    dot: the raw inner product, averaged over checkpoints.
+    trak: TRAK's kernel-corrected inner product.
+    tracin: TracIn's learning-rate weighted sum over checkpoints.
     random: uniform random scores (the random baseline); reads no features.
+
+A scorer whose score is an inner product of per-clip vectors says so
+(:attr:`Scorer.searchable_by_inner_product` and :meth:`Scorer.search_vectors`): ``mwga attribute`` then
+finds its top clips with an exact FAISS search instead of scoring every indexed clip.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from mwga_core.api.context import RunContext
+from mwga_core.config.checks import check_fields
 from mwga_core.plugin_host.registry import ComponentConfig
 
 
@@ -28,8 +36,13 @@ class Scorer(ABC):
     #: False for scorers that ignore features: the pipeline then skips motion, descriptor, gradient
     #: and projection, and passes features with P = 0.
     uses_features: ClassVar[bool] = True
+    #: True when ``score(query, train)`` is the mean over the K checkpoints of the inner products of the
+    #: rows :meth:`search_vectors` maps the features to; an exact inner-product search then finds the
+    #: clips that score highest (ties aside), and only those are scored.
+    searchable_by_inner_product: ClassVar[bool] = False
 
     def __init__(self, config: ScorerConfig) -> None:
+        check_fields(config)
         self.config = config
 
     @abstractmethod
@@ -56,5 +69,25 @@ class Scorer(ABC):
         """
         return self, train
 
+    def search_vectors(self, features: np.ndarray) -> np.ndarray:
+        """The vectors whose inner products (mean over checkpoints) are this scorer's scores.
+
+        Used only when :attr:`searchable_by_inner_product` is True. Default: the features themselves.
+
+        Shape:
+            features: (K, n, P) float32; returns (K, n, P') float32.
+        """
+        return features
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, in the input's dtype; all-zero rows stay zero.
+
+    Shape:
+        features: (..., P); returns the same shape.
+    """
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)

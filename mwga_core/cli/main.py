@@ -136,6 +136,9 @@ def _warn_failed_plugins() -> None:
             "(see `mwga plugins`)",
             highlight=False,
         )
+    # Hydra's "Could not find 'descriptor/hoof'" cannot know why: say which plugins were blocked.
+    if note := get_host().blocked_note():
+        stderr.print(f"[yellow]note:[/] {note} (see `mwga plugins`)", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from mwga_core.config.checks import at_least, one_of
 from mwga_core.evaluation.metrics import MetricSpec
 from mwga_core.plugin_host.host import PluginHost
+from mwga_core.plugin_host.kinds import KINDS
+
+#: the config groups that each hold one component's config (its registered dataclass)
+COMPONENT_GROUPS: tuple[str, ...] = tuple(kind.group for kind in KINDS)
+#: where the queries come from (``query``)
+QUERY_SOURCES = ("heldout", "generated")
+#: where featurization runs (``executor``)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -53,7 +62,7 @@ class MwgaConfig:
     #: torch device for gradients and projection: cpu, cuda, cuda:1, ...
     device: str = "cpu"
     #: a clip whose mean flow magnitude (px per frame pair) is below this is treated as static
-    static_threshold: float = 0.01
+    static_threshold: float = field(default=0.01, metadata=at_least(0))
     eval: MetricSpec = field(default_factory=MetricSpec)
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: write every query's full ranking to rankings.csv
@@ -62,31 +71,39 @@ class MwgaConfig:
     feature_store: bool = True
     #: query clips: heldout (the dataset's real query clips) or generated (sampled from the trained
     #: model, dataset.queries_per_pattern per class; needs a gradient source with a model)
-    query: str = "heldout"
+    query: str = field(default="heldout", metadata=one_of(*QUERY_SOURCES))
     #: where featurization (gradients + projection) runs: local (this process) or ray (Ray actors over
     #: clip chunks, same features; docs/distributed.md)
-    executor: str = "local"
+    executor: str = field(default="local", metadata=one_of(*EXECUTORS))
     #: executor=ray: the cluster to join (auto, host:6379, ray://host:10001); empty starts a local one
     ray_address: str = ""
     #: executor=ray: Ray actors featurizing at once; 0 = one per CPU of the cluster
-    ray_num_workers: int = 0
+    ray_num_workers: int = field(default=0, metadata=at_least(0))
     #: executor=ray: most clips per chunk sent to a worker (each chunk is written to the feature store)
-    ray_chunk_clips: int = 256
+    ray_chunk_clips: int = field(default=256, metadata=at_least(1))
 
 
-def group_configs(cfg: Any, groups: tuple[str, ...]) -> dict[str, Any]:
-    """Plain (resolved, JSON-able) configs of the ``groups`` the run config has and sets."""
-    from omegaconf import OmegaConf
+def as_container(config: Any) -> Any:
+    """A typed config (or one of its parts) as plain, JSON-able data, keys in field order.
 
-    return {
-        group: OmegaConf.to_container(cfg[group], resolve=True)
-        for group in groups
-        if group in cfg and not OmegaConf.is_missing(cfg, group) and cfg[group] is not None
-    }
+    This is what results.json and an index manifest store: the same dict Hydra's composed config gives.
+    """
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 
 
-def cache_path(config: CacheConfig | Any) -> Path:
+def group_configs(cfg: MwgaConfig, groups: tuple[str, ...]) -> dict[str, Any]:
+    """Plain (JSON-able) configs of the component ``groups`` the run config sets."""
+    return {group: as_container(getattr(cfg, group)) for group in groups if getattr(cfg, group) is not None}
+
+
+def cache_path(config: CacheConfig) -> Path:
+    """The cache folder ``cache.dir`` names, ``~`` expanded."""
     return Path(str(config.dir)).expanduser()
+
+
+def default_cache_dir() -> Path:
+    """The cache folder of a run without ``cache.dir`` override (``$MWGA_CACHE_DIR`` or ~/.cache/mwga)."""
+    return cache_path(OmegaConf.to_object(OmegaConf.structured(CacheConfig)))
 
 
 def register_configs(host: PluginHost) -> None:

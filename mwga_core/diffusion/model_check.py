@@ -22,7 +22,8 @@ from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter
-from mwga_core.diffusion.training import TrainedModel
+from mwga_core.api.trained_model import TrainedModel
+from mwga_core.diffusion.sampling import sample_per_class
 
 
 @dataclass
@@ -64,54 +65,6 @@ def hoof_descriptors(frames: np.ndarray, ctx: RunContext) -> np.ndarray:
     descriptor = host.build("descriptor", {"name": "hoof"})
     flows = motion.estimate(frames, ctx)
     return descriptor.describe(frames, flows, ctx)
-
-
-def sample_per_class(
-    model: TrainedModel,
-    per_class: int,
-    ctx: RunContext,
-    purpose: str = "check",
-    context: ClipSet | None = None,
-) -> ClipSet:
-    """``per_class`` DDIM samples of the last checkpoint conditioned on each class, as a ClipSet.
-
-    Ids are ``generated-<class index>-<j>``; labels are the conditioned classes. Sample j of every class
-    starts from the same noise (seeded from ``ctx.seed_for("generated-clips", purpose)``) and, for an
-    image-to-video model (``model.context_frames`` k > 0), continues the first k frames of the same
-    ``context`` clip (clip j mod len(context)): the classes differ only by the label they were asked for.
-    """
-    import torch
-
-    k = model.adapter.config.context_frames
-    start = None
-    if k:
-        if context is None or len(context) == 0:
-            raise ValueError(f"model.context_frames={k}: sampling needs clips whose first frames to continue")
-        start = model.adapter.encode(context.frames[np.arange(per_class) % len(context), :k])
-    module = model.module(device=ctx.device)
-    seed = ctx.seed_for("generated-clips", purpose)
-    if not model.adapter.config.conditional:
-        # An unconditional model has no class to ask for: the samples' labels are unknown (-1).
-        classes: list[int | None] = [None] * model.num_classes
-        labels = np.full(model.num_classes * per_class, -1, dtype=np.int64)
-    else:
-        classes = list(range(model.num_classes))
-        labels = np.repeat(np.arange(model.num_classes), per_class).astype(np.int64)
-    frames = [
-        model.adapter.sample(
-            module,
-            None if label is None else torch.full((per_class,), label, dtype=torch.int64),
-            per_class,
-            model.clip_shape,
-            seed=seed if label is not None else ctx.seed_for("generated-clips", purpose, index),
-            device=ctx.device,
-            null_label=model.null_label,
-            context=start,
-        )
-        for index, label in enumerate(classes)
-    ]
-    ids = [f"generated-{c}-{j}" for c in range(model.num_classes) for j in range(per_class)]
-    return ClipSet(frames=np.concatenate(frames), labels=labels, ids=ids)
 
 
 def require_conditional(adapter: ModelAdapter) -> None:
@@ -181,7 +134,7 @@ def model_check_command(args: list[str]) -> int:
     from mwga_core.api.context import RunContext
     from mwga_core.api.progress import progress_wanted
     from mwga_core.config.schema import cache_path, register_configs
-    from mwga_core.diffusion.training import load_or_train
+    from mwga_core.pipeline.model_stage import load_or_train_model
     from mwga_core.plugin_host.host import get_host
     from mwga_core.reporting.run_outputs import table_console
 
@@ -209,7 +162,7 @@ def model_check_command(args: list[str]) -> int:
     corpus = host.build("dataset", cfg.dataset).load(ctx)
     adapter = host.build("model", cfg.model)
     require_conditional(adapter)
-    model = load_or_train(adapter, corpus.train, len(corpus.class_names), ctx)
+    model = load_or_train_model(adapter, corpus.train, ctx, num_classes=len(corpus.class_names))
     check = check_motion(model, corpus.train, corpus.class_names, per_class, ctx, context=corpus.queries)
     log = model.info["training"]
     summary = {

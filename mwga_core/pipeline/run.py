@@ -24,21 +24,23 @@ from mwga_core.api.motion import MotionEstimator
 from mwga_core.api.projectors import Projector
 from mwga_core.api.results import AttributionResult
 from mwga_core.api.scorers import Scorer
+from mwga_core.api.trained_model import TrainedModel
+from mwga_core.diffusion.sampling import check_generates_queries, generated_queries
 from mwga_core.evaluation.metrics import MetricSpec, evaluate
-from mwga_core.pipeline.ray_executor import RaySettings, featurize_on_ray
+from mwga_core.pipeline.executors import check_executor, open_executor
+from mwga_core.pipeline.featurize import featurize, featurize_cached
+from mwga_core.pipeline.model_stage import prepare_gradient_source
 from mwga_core.pipeline.stages import (
     RawGradients,
     cached_descriptors,
     cached_flows,
     cached_scores,
-    clips_key,
     features_key,
-    gradient_chunks,
     gradient_key,
     load_corpus,
 )
 from mwga_core.plugin_host.host import PluginHost, get_host
-from mwga_core.storage.feature_store import FeatureStore, feature_key_parts
+from mwga_core.storage.keys import clips_fingerprint
 from mwga_core.storage.stage_cache import StageCache, stage_cache_from_config
 
 log = logging.getLogger("mwga")
@@ -72,7 +74,7 @@ def build_components(cfg: DictConfig, host: PluginHost) -> Components:
         if "model" not in cfg or OmegaConf.is_missing(cfg, "model"):
             raise ConfigValueError("model", None, "a model adapter, e.g. model=video_denoiser")
         components.model = host.build("model", cfg.model)
-        components.gradient.bind_model(components.model)
+        components.gradient.check_model(components.model)
     if (
         components.scorer.uses_features
         and components.descriptor.needs_flow
@@ -120,7 +122,7 @@ def analyse_keyed(
     the clips are keyed by their content. Returns the analysed clips and their descriptors key.
     """
     cache = cache or StageCache(ctx.cache_dir, enabled=False, seed=ctx.seed)
-    source_key = source_key or (clips_key(clips) if cache.enabled else "uncached")
+    source_key = source_key or (clips_fingerprint(clips) if cache.enabled else "uncached")
     flows, flows_key = cached_flows(clips, components.motion, ctx, cache, source_key, label)
     if flows is not None:
         mean_motion = np.hypot(flows[..., 0], flows[..., 1]).reshape(len(clips), -1).mean(axis=1)
@@ -138,60 +140,18 @@ def analyse_keyed(
     return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static), descriptors_key
 
 
-def featurize(
-    clips: AnalysedClips,
-    components: Components,
-    ctx: RunContext,
-    store: FeatureStore | None = None,
-    raw: RawGradients | None = None,
-) -> np.ndarray:
-    """Gradients of every clip, projected. Returns (K, N, P) float32.
-
-    With a ``store``, clips it already holds are skipped (the gradient source sees only the subset still
-    missing) and every finished chunk is written to it, so an interrupted run resumes from there.
-    With ``raw``, unprojected gradients come from (or go to) the stage cache, so that another
-    projection of the same gradients skips the gradient source.
-    """
-    todo = np.arange(len(clips), dtype=np.int64) if store is None else store.missing()
-    pending = clips if len(todo) == len(clips) else clips.subset(todo)
-    parts: dict[int, np.ndarray] = {}
-    with ctx.progress("gradients", len(todo)) as bar:
-        for chunk in gradient_chunks(pending, todo, len(clips), components, ctx, raw) if len(todo) else ():
-            projected = np.stack(
-                [
-                    components.projector.project(chunk.grads[k], ctx).cpu().numpy()
-                    for k in range(chunk.grads.shape[0])
-                ]
-            )
-            indices = todo[np.asarray(chunk.indices, dtype=np.int64)]
-            for column, index in enumerate(indices):
-                if int(index) in parts:
-                    raise RuntimeError(f"gradient source {components.gradient!r} yielded clip {index} twice")
-                parts[int(index)] = projected[:, column]
-            if store is not None:
-                store.write(indices, projected)
-            bar.advance(len(chunk.indices))
-    missing = sorted(set(todo.tolist()) - set(parts))
-    if missing:
-        raise RuntimeError(
-            f"gradient source {components.gradient!r} yielded no gradient for clips {missing[:5]}"
-        )
-    if store is not None:
-        return store.read()
-    return np.stack([parts[i] for i in range(len(clips))], axis=1).astype(np.float32)
-
-
 QUERY_SOURCES = ("heldout", "generated")
 
 
 def generate_queries(
     corpus: Corpus,
+    model: TrainedModel,
     components: Components,
     ctx: RunContext,
     static_threshold: float,
     cache: StageCache | None = None,
 ) -> tuple[Corpus, AnalysedClips, str]:
-    """``query=generated``: replace the queries by clips sampled from the prepared model.
+    """``query=generated``: replace the queries by clips sampled from the trained ``model``.
 
     As many clips per class as the dataset has queries per class (``dataset.queries_per_pattern``),
     labelled with the class they were conditioned on, then analysed like held-out queries (keyed by
@@ -200,7 +160,7 @@ def generate_queries(
     """
     known = corpus.queries.labels[corpus.queries.labels >= 0]
     per_class = int(np.bincount(known).max()) if len(known) else 1
-    clips = components.gradient.generate_queries(corpus.class_names, per_class, ctx, context=corpus.queries)
+    clips = generated_queries(model, corpus.class_names, per_class, ctx, context=corpus.queries)
     generated = dataclasses.replace(corpus, queries=clips)
     generated.validate()
     queries, key = analyse_keyed(clips, components, ctx, static_threshold, cache, label="generated queries")
@@ -218,7 +178,7 @@ def check_run_options(cfg: DictConfig, components: Components) -> str:
     query_source = cfg.get("query", "heldout")
     if query_source not in QUERY_SOURCES:
         raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
-    RaySettings.from_config(cfg)  # a bad executor value fails here too
+    check_executor(cfg)  # a bad executor value fails here too
     if query_source == "generated" and not (
         components.scorer.uses_features and components.gradient.uses_model
     ):
@@ -227,6 +187,8 @@ def check_run_options(cfg: DictConfig, components: Components) -> str:
             query_source,
             f"heldout: gradient {cfg.gradient.name!r} has no model to generate queries from (use gradient=diffusion)",
         )
+    if query_source == "generated":
+        check_generates_queries(components.model)
     return query_source
 
 
@@ -259,11 +221,11 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         if queries is not None:
             _refuse_static_queries(queries, cfg.static_threshold)
         static_ids = _warn_static_training_clips(train, cfg.static_threshold)
+        trained_model = prepare_gradient_source(components.gradient, components.model, train, ctx)
         with ctx.stage("gradients + projection") as stage_info:
-            components.gradient.prepare(train, ctx)
             if generate:
                 corpus, queries, queries_key = generate_queries(
-                    corpus, components, ctx, cfg.static_threshold, cache
+                    corpus, trained_model, components, ctx, cfg.static_threshold, cache
                 )
             splits = {"train": (train, train_key), "queries": (queries, queries_key)}
             features, feature_keys = featurize_splits(splits, components, cfg, ctx, cache, stage_info)
@@ -275,7 +237,7 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
         score_inputs = [dataset_key]
 
     with ctx.stage("scoring") as stage_info, cache.tracking(stage_info):
-        scores = cached_scores(query_features, train_features, components, ctx, cache, score_inputs)
+        scores = cached_scores(query_features, train_features, components.scorer, ctx, cache, score_inputs)
     expected = (len(corpus.queries), len(corpus.train))
     if scores.shape != expected or not np.isfinite(scores).all():
         raise RuntimeError(
@@ -295,43 +257,43 @@ def featurize_splits(
     cache: StageCache,
     stage_info: dict,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Featurize each split (``name -> (clips, descriptors key)``) through the feature store, the raw
-    gradient cache and the configured executor. Returns ``name -> (K, N, P) features`` and
-    ``name -> features key`` (the key chain's link to the scores)."""
-    checkpoint_id = components.gradient.checkpoint_id()
-    train_key = splits["train"][1]
+    """Featurize each split (``name -> (clips, descriptors key)``) on the configured executor, through
+    the resumable features entry (``feature_store``) and the raw gradient cache (``cache.gradients``).
+
+    Returns ``name -> (K, N, P) features`` and ``name -> features key`` (the key chain's link to the
+    scores).
+    """
+    train, train_key = splits["train"]
     gradient_keys = {
-        name: gradient_key(cache, components, key, train_key, ctx) for name, (_, key) in splits.items()
+        name: gradient_key(cache, components.gradient, components.model, key, train_key, ctx)
+        for name, (_, key) in splits.items()
     }
-    stores: dict[str, FeatureStore | None] = dict.fromkeys(splits)
-    status = []
-    if cfg.get("feature_store", False):
-        for name, (clips, _) in splits.items():
-            parts = feature_key_parts(cfg, name, clips, checkpoint_id)
-            stores[name] = FeatureStore.open(ctx.cache_dir, parts, ctx.console)
-        stored = sum(int(store.done.sum()) for store in stores.values())
-        if stored:
-            total = sum(len(clips) for clips, _ in splits.values())
-            whole = " (cached)" if stored == total else ""
-            status.append(f"{stored} of {total} clips read from the feature store{whole}")
-    cache_cfg = cfg.get("cache") or {}
-    keep_raw = cache.enabled and bool(cache_cfg.get("gradients", True))
-    max_bytes = float(cache_cfg.get("gradients_max_gb", 8.0)) * 2**30
-    on_ray = RaySettings.from_config(cfg).executor == "ray"
+    keys = {name: features_key(cache, components.projector, key) for name, key in gradient_keys.items()}
+    resumable = cache.enabled and cfg.feature_store
+    keep_raw = cache.enabled and cfg.cache.gradients
+    max_bytes = float(cfg.cache.gradients_max_gb) * 2**30
+    checkpoint_id = components.gradient.checkpoint_id()
     mark = len(cache.events)
-    features = {}
-    for name, (clips, _) in splits.items():
-        if on_ray:
-            features[name] = featurize_on_ray(
-                clips, splits["train"][0], cfg, ctx, checkpoint_id, stores[name]
-            )
-        else:
+    features, stored = {}, 0
+    gradient, projector = components.gradient, components.projector
+    with open_executor(cfg, ctx, gradient, projector, train, checkpoint_id) as executor:
+        for name, (clips, _) in splits.items():
             raw = RawGradients(cache, gradient_keys[name], name, max_bytes) if keep_raw else None
-            features[name] = featurize(clips, components, ctx, stores[name], raw)
+            if resumable:
+                features[name], read = featurize_cached(
+                    clips, executor, ctx, cache, keys[name], projector, raw
+                )
+                stored += read
+            else:
+                features[name] = featurize(clips, executor, ctx, None, raw)
+    status = []
+    if stored:
+        total = sum(len(clips) for clips, _ in splits.values())
+        whole = " (cached)" if stored == total else ""
+        status.append(f"{stored} of {total} clips read from the feature store{whole}")
     if len(cache.events) > mark:
         status.append(f"gradients {cache.status_since(mark)}")
     stage_info["status"] = "; ".join(status) or "computed"
-    keys = {name: features_key(cache, components, key) for name, key in gradient_keys.items()}
     return features, keys
 
 

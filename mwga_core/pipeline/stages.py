@@ -1,7 +1,9 @@
 """The pipeline's stages, read from the stage cache when their key is there (see :mod:`mwga_core.storage.stage_cache`).
 
 Each function computes one stage's key from its component and its inputs' keys, then fetches the output
-from the cache or computes and stores it. :mod:`mwga_core.pipeline.run` strings them together.
+from the cache or computes and stores it. :mod:`mwga_core.pipeline.run` strings them together; the
+features stage is :mod:`mwga_core.pipeline.featurize`, which replays cached raw gradients through
+:func:`gradient_chunks`.
 """
 
 from __future__ import annotations
@@ -15,22 +17,20 @@ import numpy as np
 
 from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
 from mwga_core.api.context import RunContext
-from mwga_core.api.gradients import GradientChunk
-from mwga_core.storage.stage_cache import PendingEntry, StageCache, array_digest, code_version, digest, plain
+from mwga_core.api.gradients import GradientChunk, GradientSource
+from mwga_core.storage.keys import clips_fingerprint, digest, plain
+from mwga_core.storage.stage_cache import PendingEntry, StageCache
 
 if TYPE_CHECKING:
     from mwga_core.api.datasets import Dataset
     from mwga_core.api.descriptors import Descriptor
+    from mwga_core.api.models import ModelAdapter
     from mwga_core.api.motion import MotionEstimator
-    from mwga_core.pipeline.run import Components
+    from mwga_core.api.projectors import Projector
+    from mwga_core.api.scorers import Scorer
 
 log = logging.getLogger("mwga")
 SPLITS = (("train", "train"), ("queries", "query"))
-
-
-def clips_key(clips: ClipSet) -> str:
-    """A content key for clips that no cached stage produced (generated queries, uncached datasets)."""
-    return "content-" + array_digest(clips.frames, clips.labels, clips.gt_flow, extra=clips.ids)
 
 
 def _corpus_arrays(corpus: Corpus) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -75,7 +75,7 @@ def load_corpus(dataset: Dataset, ctx: RunContext, cache: StageCache) -> tuple[C
     if fingerprint is None:
         corpus = _load(dataset, ctx)
         return corpus, "content-" + digest(
-            [clips_key(corpus.train), clips_key(corpus.queries), corpus.class_names]
+            [clips_fingerprint(corpus.train), clips_fingerprint(corpus.queries), corpus.class_names]
         )
     key = cache.key("dataset", dataset, extra={"seed": ctx.seed, "fingerprint": fingerprint})
     output = cache.fetch("dataset", key, lambda: _corpus_arrays(_load(dataset, ctx)), config=dataset.config)
@@ -148,32 +148,39 @@ class RawGradients:
 
 
 def gradient_key(
-    cache: StageCache, components: Components, descriptors_key: str, train_key: str, ctx: RunContext
+    cache: StageCache,
+    gradient: GradientSource,
+    model: ModelAdapter | None,
+    descriptors_key: str,
+    train_key: str,
+    ctx: RunContext,
 ) -> str:
     """The key of a split's raw gradients: its descriptors key, the gradient source and its weights.
 
     ``train_key`` (the training split's descriptors key) is in it too: ``prepare`` saw the training
-    clips, and a source may derive query gradients from what it learned there.
+    clips, and a source may derive query gradients from what it learned there. The model adapter's
+    config and code count as the source's own.
     """
-    model = components.model
     extra = {
-        "checkpoint_id": components.gradient.checkpoint_id(),
+        "checkpoint_id": gradient.checkpoint_id(),
         "device": ctx.device,
-        "model": None if model is None else {"config": plain(model.config), "code": code_version(model)},
+        "model": None if model is None else plain(model.config),
     }
-    return cache.key("gradients", components.gradient, inputs=[descriptors_key, train_key], extra=extra)
+    return cache.key(
+        "gradients", gradient, inputs=[descriptors_key, train_key], extra=extra, also_code=[model]
+    )
 
 
-def features_key(cache: StageCache, components: Components, gradients_key: str) -> str:
+def features_key(cache: StageCache, projector: Projector, gradients_key: str) -> str:
     """The key of a split's projected features (the chain's link from gradients to scores)."""
-    return cache.key("features", components.projector, inputs=[gradients_key])
+    return cache.key("features", projector, inputs=[gradients_key])
 
 
 def gradient_chunks(
     pending: AnalysedClips,
     todo: np.ndarray,
     total: int,
-    components: Components,
+    gradient: GradientSource,
     ctx: RunContext,
     raw: RawGradients | None,
 ) -> Iterator[GradientChunk]:
@@ -184,7 +191,7 @@ def gradient_chunks(
     chunks are written to the cache as they pass, when the whole split is being computed.
     """
     if raw is None or not raw.cache.enabled:
-        yield from components.gradient.iter_gradients(pending, ctx)
+        yield from gradient.iter_gradients(pending, ctx)
         return
     found = raw.cache.load(
         "gradients",
@@ -197,10 +204,10 @@ def gradient_chunks(
         yield from _replay(found[0], todo, total, found[1].get("device", "cpu"))
         return
     raw.cache.events.append(("gradients", raw.label, "computed"))
-    if len(todo) != total:  # resuming from the feature store: a partial split is not worth storing
-        yield from components.gradient.iter_gradients(pending, ctx)
+    if len(todo) != total:  # resuming a features entry: a partial split is not worth storing
+        yield from gradient.iter_gradients(pending, ctx)
         return
-    yield from _record(components.gradient.iter_gradients(pending, ctx), raw, total)
+    yield from _record(gradient.iter_gradients(pending, ctx), raw, total)
 
 
 def _replay(
@@ -267,19 +274,19 @@ def _torch_float32() -> Any:
 def cached_scores(
     query_features: np.ndarray,
     train_features: np.ndarray,
-    components: Components,
+    scorer: Scorer,
     ctx: RunContext,
     cache: StageCache,
     input_keys: list[str],
 ) -> np.ndarray:
     """(Q, N) float64 scores, keyed by the features' keys (or the dataset's, for featureless scorers)."""
-    key = cache.key("scores", components.scorer, inputs=input_keys)
+    key = cache.key("scores", scorer, inputs=input_keys)
     q, n = query_features.shape[1], train_features.shape[1]
 
     def compute() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        with ctx.progress(f"scores ({type(components.scorer).__name__})", None):
-            scores = components.scorer.score(query_features, train_features, ctx)
+        with ctx.progress(f"scores ({type(scorer).__name__})", None):
+            scores = scorer.score(query_features, train_features, ctx)
         return {"scores": np.asarray(scores, dtype=np.float64)}, {}
 
-    output = cache.fetch("scores", key, compute, config=components.scorer.config, expect={"scores": (q, n)})
+    output = cache.fetch("scores", key, compute, config=scorer.config, expect={"scores": (q, n)})
     return np.asarray(output.arrays["scores"])

@@ -7,6 +7,11 @@ recorded (distribution, version, error) and the rest keep working. Two environme
     raise on the first failing plugin (for plugin authors).
 ``MWGA_BLOCK_PLUGINS=name,other``
     skip these entry points (or every entry point of these distributions).
+
+A plugin that registers a name already taken (by a plugin loaded before it, or by a config file of
+mwga's packaged configs, ``mwga_conf/<group>/<name>.yaml``) fails like any other: the holder keeps the
+name and none of the newcomer's entries are kept. mwga's own entry points load first, so a clash with a
+built-in always blames the third party.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass, field
+from importlib import resources
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from mwga_core.api.errors import PluginLoadError
+from mwga_core.api.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
 from mwga_core.plugin_host import hookspecs
 from mwga_core.plugin_host.kinds import KINDS, KINDS_BY_GROUP
 from mwga_core.plugin_host.registry import Registrar, Registry
@@ -30,6 +36,8 @@ ENTRY_POINT_GROUP = "mwga"
 STRICT_ENV = "MWGA_STRICT_PLUGINS"
 BLOCK_ENV = "MWGA_BLOCK_PLUGINS"
 BUILTIN_DISTRIBUTION = "mwga"
+#: the package holding mwga's Hydra configs; its ``<group>/*.yaml`` files take their option names
+CONFIG_PACKAGE = "mwga_conf"
 
 
 @dataclass
@@ -64,13 +72,42 @@ def _blocked() -> set[str]:
     return {part.strip() for part in os.environ.get(BLOCK_ENV, "").split(",") if part.strip()}
 
 
+def config_file_options(package: str = CONFIG_PACKAGE) -> dict[str, dict[str, str]]:
+    """Option names that config files provide, per component group: ``{group: {name: file}}``.
+
+    Read from the packaged configs' folders (``mwga_conf/gradient/diffusion_motion.yaml`` gives
+    ``{"gradient": {"diffusion_motion": ".../diffusion_motion.yaml"}}``) without importing Hydra, so that
+    loading plugins stays cheap. Groups without a folder have no file options.
+    """
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:  # configs not installed: nothing to collide with
+        return {}
+    options: dict[str, dict[str, str]] = {}
+    for kind in KINDS:
+        folder = root / kind.group
+        if not folder.is_dir():
+            continue
+        files = {
+            entry.name.removesuffix(".yaml"): str(entry)
+            for entry in folder.iterdir()
+            if entry.name.endswith(".yaml") and entry.is_file()
+        }
+        if files:
+            options[kind.group] = files
+    return options
+
+
 class PluginHost:
     """Owns the pluggy manager, the registries and the record of every plugin."""
 
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
-        self.registries: dict[str, Registry] = {kind.group: Registry(kind) for kind in KINDS}
+        file_options = config_file_options()
+        self.registries: dict[str, Registry] = {
+            kind.group: Registry(kind, file_options.get(kind.group)) for kind in KINDS
+        }
         self.records: dict[str, PluginRecord] = {}
 
     # -- loading -------------------------------------------------------------------------------
@@ -108,6 +145,9 @@ class PluginHost:
         Third parties normally use entry points; tests and notebooks may call this directly.
         """
         if record is None:
+            if name in self.records:
+                # Reusing a name would overwrite the holder's record and, on failure, drop its entries.
+                raise ValueError(f"a plugin named {name!r} is already added; give this one another name")
             record = PluginRecord(name, None, None, getattr(plugin, "__name__", type(plugin).__name__))
             self.records[name] = record
         try:
@@ -152,6 +192,9 @@ class PluginHost:
     def _fail(self, record: PluginRecord, error: BaseException) -> None:
         record.status = "failed"
         record.error = f"{type(error).__name__}: {error}"
+        if isinstance(error, DuplicateComponentError):
+            holder = error.plugins[0]
+            record.error += f" ({holder!r} comes from {self._origin(holder)})"
         if _strict():
             raise PluginLoadError(
                 f"plugin {record.name!r} from {record.distribution or 'an unknown distribution'} failed: "
@@ -168,11 +211,48 @@ class PluginHost:
         return self.registries[group]
 
     def build(self, group: str, config: Any) -> Any:
-        """Instantiate the component ``config.name`` of config group ``group``."""
-        return self.registry(group).build(config)
+        """Instantiate the component ``config.name`` of config group ``group``.
+
+        An unknown name is explained further when ``MWGA_BLOCK_PLUGINS`` blocks plugins that may provide it.
+        """
+        try:
+            return self.registry(group).build(config)
+        except UnknownComponentError as error:
+            note = self.blocked_note()
+            if not note:
+                raise
+            raise UnknownComponentError(error.kind, error.name, error.known, hint=f"({note}.)") from None
 
     def failures(self) -> list[PluginRecord]:
         return [r for r in self.records.values() if r.status == "failed"]
+
+    def blocked(self) -> list[PluginRecord]:
+        return [r for r in self.records.values() if r.status == "blocked"]
+
+    def blocked_note(self) -> str:
+        """One sentence naming the plugins ``MWGA_BLOCK_PLUGINS`` blocked, or ``""`` when none is.
+
+        Blocked plugins are never imported, so what they would register is unknown: any missing
+        component may be theirs, and the note says so wherever a component is not found.
+        """
+        blocked = self.blocked()
+        if not blocked:
+            return ""
+        listing = ", ".join(f"{r.name!r} ({self._origin(r.name)})" for r in blocked)
+        setting = os.environ.get(BLOCK_ENV, "")
+        if len(blocked) == 1:
+            return f"{BLOCK_ENV}={setting} blocks plugin {listing}: its components are not available"
+        return f"{BLOCK_ENV}={setting} blocks plugins {listing}: their components are not available"
+
+    def _origin(self, plugin: str) -> str:
+        """Where a plugin comes from, for messages: ``mwga 0.1.0``, or its module when it has no
+        distribution (added with :meth:`add_plugin`)."""
+        record = self.records.get(plugin)
+        if record is None:
+            return "an unknown source"
+        if record.distribution:
+            return f"{record.distribution} {record.version}" if record.version else record.distribution
+        return f"module {record.module}"
 
 
 def _distribution_name(ep: EntryPoint) -> str | None:

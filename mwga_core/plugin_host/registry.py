@@ -2,7 +2,10 @@
 
 A :class:`Registry` maps names to :class:`ComponentSpec` entries. Plugins never touch it directly: each
 registration hook receives a :class:`Registrar` bound to the calling plugin, so the core validates every
-entry and records who provided it. Duplicate names are remembered as conflicts and refuse to build.
+entry and records who provided it. A name is taken by whoever registered it first (mwga's own plugins load
+first) or by a config file of the kind's group (``conf/gradient/diffusion_motion.yaml`` takes
+``gradient=diffusion_motion``); registering a taken name raises and leaves the registry as it was, so the
+host can drop the newcomer whole while the holder keeps working.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mwga_core.api.errors import ConfigValueError, DuplicateComponentError, UnknownComponentError
+from mwga_core.api.errors import (
+    ConfigNameTakenError,
+    ConfigValueError,
+    DuplicateComponentError,
+    UnknownComponentError,
+)
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -58,18 +66,28 @@ class ComponentSpec:
 
 
 class Registry:
-    """Named components of one kind."""
+    """Named components of one kind.
 
-    def __init__(self, kind: ComponentKind) -> None:
+    Args:
+        kind: the component kind this registry holds.
+        config_files: option names of the kind's config group that config files already provide, each
+            mapped to the file (``{"diffusion_motion": "mwga_conf/gradient/diffusion_motion.yaml"}``);
+            no component may be registered under them.
+    """
+
+    def __init__(self, kind: ComponentKind, config_files: Mapping[str, str] | None = None) -> None:
         self.kind = kind
+        self.config_files = dict(config_files or {})
         self._specs: dict[str, ComponentSpec] = {}
-        self._conflicts: dict[str, list[str]] = {}
 
     def add(self, spec: ComponentSpec) -> None:
-        """Add an entry; a name already taken becomes a conflict and raises."""
+        """Add an entry; a taken name raises and changes nothing (the holder keeps the name)."""
+        if spec.name in self.config_files:
+            raise ConfigNameTakenError(
+                self.kind.name, self.kind.group, spec.name, self.config_files[spec.name], spec.plugin
+            )
         existing = self._specs.get(spec.name)
         if existing is not None:
-            self._conflicts.setdefault(spec.name, [existing.plugin]).append(spec.plugin)
             raise DuplicateComponentError(self.kind.name, spec.name, existing.plugin, spec.plugin)
         self._specs[spec.name] = spec
 
@@ -80,10 +98,7 @@ class Registry:
         return [self._specs[name] for name in self.names()]
 
     def get(self, name: str) -> ComponentSpec:
-        """The entry for ``name``; raises when it is unknown or claimed by two plugins."""
-        if name in self._conflicts:
-            first, second = self._conflicts[name][:2]
-            raise DuplicateComponentError(self.kind.name, name, first, second)
+        """The entry for ``name``; raises :class:`UnknownComponentError` listing the known names."""
         if name not in self._specs:
             raise UnknownComponentError(self.kind.name, name, self._specs)
         return self._specs[name]

@@ -28,9 +28,8 @@ from omegaconf import OmegaConf
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError, DataError
-from mwga_core.api.gradients import GradientSource
 from mwga_core.plugin_host.host import PluginHost, get_host
-from mwga_core.retrieval.index import IndexData, load_index
+from mwga_core.storage.index_store import IndexData, load_index
 
 #: scorers whose score is a mean over checkpoints of an inner product, so an exact FAISS search ranks them
 INNER_PRODUCT_SCORERS = ("cosine", "dot")
@@ -118,12 +117,14 @@ def attribute(
 
 
 def _prepared_components(index: IndexData, ctx: RunContext, host: PluginHost):
-    """Components of the index's config; a source that trains on the corpus is prepared on it again."""
+    """Components of the index's config; a source that uses a model gets the model of the corpus again
+    (from the model store: the ``model`` stage on the indexed clips)."""
+    from mwga_core.pipeline.model_stage import prepare_gradient_source
     from mwga_core.pipeline.run import analyse, build_components
 
     cfg = index.config
     components = build_components(cfg, host)
-    if type(components.gradient).prepare is not GradientSource.prepare:
+    if components.gradient.uses_model:
         from mwga_plugins.datasets.video_folder import clip_file
 
         corpus = Path(index.manifest["corpus_dir"])
@@ -134,7 +135,8 @@ def _prepared_components(index: IndexData, ctx: RunContext, host: PluginHost):
         names = index.manifest["class_names"]
         labels = [names.index(c["label"]) if c.get("label") in names else -1 for c in index.clips]
         train = ClipSet(frames=frames, labels=np.array(labels, dtype=np.int64), ids=[f.id for f in kept])
-        components.gradient.prepare(analyse(train, components, ctx, cfg.static_threshold), ctx)
+        analysed = analyse(train, components, ctx, cfg.static_threshold)
+        prepare_gradient_source(components.gradient, components.model, analysed, ctx)
         if components.gradient.checkpoint_id() != index.manifest["checkpoint_id"]:
             raise DataError(
                 f"{corpus}: the model trained on the corpus now differs from the index's "
@@ -151,7 +153,8 @@ def featurize_queries(paths: list[str], index: IndexData, ctx: RunContext, host:
     """
     from mwga_plugins.datasets.video_folder import clip_file
 
-    from mwga_core.pipeline.run import _refuse_static_queries, analyse, featurize
+    from mwga_core.pipeline.featurize import LocalExecutor, featurize
+    from mwga_core.pipeline.run import _refuse_static_queries, analyse
 
     components = _prepared_components(index, ctx, host)
     files = []
@@ -171,7 +174,8 @@ def featurize_queries(paths: list[str], index: IndexData, ctx: RunContext, host:
     clips = ClipSet(frames=frames, labels=np.full(len(kept), -1, dtype=np.int64), ids=[f.id for f in kept])
     queries = analyse(clips, components, ctx, index.config.static_threshold)
     _refuse_static_queries(queries, index.config.static_threshold)
-    return components, queries, featurize(queries, components, ctx)
+    executor = LocalExecutor(components.gradient, components.projector, ctx)
+    return components, queries, featurize(queries, executor, ctx)
 
 
 def _label(index: IndexData, row: int) -> str:

@@ -1,44 +1,35 @@
 """A persistent, incremental, resumable index of a corpus folder: ``mwga index <corpus> --out <index>``.
 
-Layout of ``<index>/``::
-
-    manifest.json        what the index holds and the full config that made it (written last)
-    data-<n>/            the consolidated index the manifest points to
-        clips.json       one record per clip, row i = feature row i: id, size, mtime_ns, label
-        features.npy     (K, N, P) float32 projected gradients (the scorer's input)
-        descriptors.npy  (N, B) float32 motion descriptors
-        static.npy       (N,) bool: clips with (almost) no motion
-        flows.npy        (N, T-1, H, W, 2) float16 optical flow, only with --keep-flows
-    shards/shard-<m>/    clips computed by a run that has not consolidated yet (same files per shard)
-
-A clip is identified by its id (path relative to the corpus folder), file size and modification time
-(summed / newest over the frames of an image folder). A run scans the folder, reuses the rows of every
-clip whose identity is in the consolidated data or in a shard, computes the others in batches of
-``batch_size`` clips, writes each finished batch as a shard (into a temporary folder renamed into place,
-so a kill leaves only whole shards), then gathers the rows of the clips present now into a new
-``data-<n>/`` and atomically replaces ``manifest.json``; old data and shards are deleted after that.
-A killed run therefore loses at most one batch, files removed from the folder drop out, and edited
-files are recomputed.
+The folder layout and how it is written (atomically, under a lock) are in
+:mod:`mwga_core.storage.index_store`. A clip is identified by its id (path relative to the corpus
+folder), file size and modification time (summed / newest over the frames of an image folder). A run
+scans the folder, reuses the rows of every clip whose identity is in the consolidated data or in a shard,
+computes the others in batches of ``batch_size`` clips, writes each finished batch as a shard, then
+gathers the rows of the clips present now into a new ``data-<n>/`` and atomically replaces
+``manifest.json``; old data and shards are deleted after that. A killed run therefore loses at most one
+batch, files removed from the folder drop out, and edited files are recomputed.
 
 The features depend on the index's *identity* (:func:`index_identity`): the motion, descriptor,
 gradient, projection and model configs, the dataset fields that shape the clips (frames, size, colour),
 the seed, ``static_threshold``, ``--keep-flows`` and the mwga version. Running again with a different
-identity is refused (``--rebuild`` starts over). Gradient sources that train on the corpus (their
-``prepare`` does something, e.g. ``gradient=diffusion``) see every clip of the corpus in memory first; when
-their ``checkpoint_id`` changes (the corpus changed, so the model did), every row is recomputed.
+identity is refused (``--rebuild`` starts over). Rows are reused only under the same *rows key*
+(:func:`rows_key`: the identity, the components' code and the gradient source's ``checkpoint_id``, built
+by :func:`mwga_core.storage.keys.entry_key` like every cache key): when a component's module is edited,
+or a gradient source that uses a model (``uses_model``, e.g. ``gradient=diffusion``: the ``model`` stage
+trains it on every clip of the corpus, read in memory first) reports another ``checkpoint_id`` because
+the corpus changed, every row is recomputed.
 
-With ``executor=ray`` each batch's gradients and projections are computed by Ray actors
-(:class:`mwga_core.pipeline.ray_executor.RayFeaturizer`, started once per run); reading and analysis stay here. The
-executor is not part of the identity: it does not change the rows.
+Featurization is :func:`mwga_core.pipeline.featurize.featurize` on the run's executor
+(:func:`mwga_core.pipeline.executors.open_executor`: with ``executor=ray`` Ray actors, started once per
+run); reading and analysis stay here. The executor is not part of the identity: it does not change the
+rows.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +38,29 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mwga_core import __version__
-from mwga_core.api.clips import ClipSet
+from mwga_core.api.clips import AnalysedClips, ClipSet
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
-from mwga_core.api.gradients import GradientSource
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
 from mwga_core.config.schema import group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
+from mwga_core.storage.atomic import entry_lock, write_json_atomic
+from mwga_core.storage.index_store import (
+    FORMAT_VERSION,
+    RowSource,
+    gather_rows,
+    open_rows,
+    read_manifest,
+    write_manifest,
+    write_rows,
+)
+from mwga_core.storage.keys import entry_key
 
-FORMAT_VERSION = 1
+#: the folder of shards inside an index
+SHARDS = "shards"
+
 #: dataset fields that say where clips are or how to treat bad ones; they do not change any feature
 DATASET_LOCATION_FIELDS = ("train_dir", "query_dir", "query_files", "labels", "on_error")
 FEATURE_GROUPS = ("motion", "descriptor", "gradient", "projection", "model")
-ARRAYS = ("features", "descriptors", "static")
 
 
 class IndexMismatchError(MwgaUserError):
@@ -93,31 +95,24 @@ def index_identity(cfg: DictConfig, keep_flows: bool) -> dict[str, Any]:
     }
 
 
-@dataclass
-class IndexData:
-    """A loaded index (arrays memory-mapped read-only).
-
-    Shape:
-        features: (K, N, P) float32; descriptors: (N, B) float32; static: (N,) bool;
-        flows: (N, T-1, H, W, 2) float16 or None.
-    """
-
-    path: Path
-    manifest: dict[str, Any]
-    clips: list[dict[str, Any]]
-    features: np.ndarray
-    descriptors: np.ndarray
-    static: np.ndarray
-    flows: np.ndarray | None = None
-
-    @property
-    def config(self) -> DictConfig:
-        """The composed config the index was made with."""
-        return OmegaConf.create(self.manifest["config"])
-
-    @property
-    def ids(self) -> list[str]:
-        return [clip["id"] for clip in self.clips]
+def rows_key(identity: dict[str, Any], components: Any, checkpoint_id: str | None) -> str:
+    """The key the index's rows are computed under: identity, the components' code, checkpoint id."""
+    code = [
+        components.dataset,
+        components.motion,
+        components.descriptor,
+        components.gradient,
+        components.projector,
+        components.model,
+    ]
+    return entry_key(
+        "index",
+        config=identity,
+        components=code,
+        seed=identity["seed"],
+        format_version=FORMAT_VERSION,
+        extra={"checkpoint_id": checkpoint_id},
+    )
 
 
 @dataclass
@@ -134,44 +129,6 @@ class IndexSummary:
     seconds: float = 0.0
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def read_manifest(index_dir: Path) -> dict[str, Any] | None:
-    """The manifest of ``index_dir``, or None when there is none yet; unreadable -> DataError."""
-    path = Path(index_dir) / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: the index manifest cannot be read ({error}); use --rebuild.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path}: not an mwga index manifest of format {FORMAT_VERSION}; use --rebuild.")
-    return manifest
-
-
-def load_index(index_dir: str | Path) -> IndexData:
-    """Open the index at ``index_dir``; a missing or damaged index raises DataError naming the path."""
-    index_dir = Path(index_dir).expanduser()
-    manifest = read_manifest(index_dir)
-    if manifest is None:
-        raise DataError(f"{index_dir}: no mwga index here (no manifest.json); make one with `mwga index`.")
-    data = index_dir / manifest["data"]
-    try:
-        clips = json.loads((data / "clips.json").read_text())
-        arrays = {name: np.load(data / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        flows = np.load(data / "flows.npy", mmap_mode="r") if (data / "flows.npy").exists() else None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{data}: the index data cannot be read ({error}); run `mwga index` again.") from None
-    if arrays["features"].shape[1] != len(clips):
-        raise DataError(f"{data}: features hold {arrays['features'].shape[1]} rows for {len(clips)} clips.")
-    return IndexData(index_dir, manifest, clips, flows=flows, **arrays)
-
-
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
@@ -179,41 +136,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: index {old!r}, this run {new!r}"]
-
-
-@dataclass
-class _Source:
-    """Rows that can be reused: the consolidated data or one shard."""
-
-    path: Path
-    rows: dict[tuple, int]  # clip identity -> row
-    arrays: dict[str, np.ndarray]
-
-
-def _open_source(path: Path) -> _Source | None:
-    try:
-        clips = json.loads((path / "clips.json").read_text())
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        if (path / "flows.npy").exists():
-            arrays["flows"] = np.load(path / "flows.npy", mmap_mode="r")
-    except (OSError, ValueError):
-        return None  # an unreadable leftover is recomputed, never trusted
-    if any(len(array) != len(clips) for name, array in arrays.items() if name != "features"):
-        return None
-    rows = {(c["id"], c["size"], c["mtime_ns"]): row for row, c in enumerate(clips)}
-    return _Source(path, rows, arrays)
-
-
-def _write_rows(folder: Path, clips: list[dict], arrays: dict[str, np.ndarray]) -> None:
-    """Write one shard (or data folder) into a temporary folder, then rename it into place."""
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array)
-    (tmp / "clips.json").write_text(json.dumps(clips))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
 
 
 def index_corpus(
@@ -227,9 +149,14 @@ def index_corpus(
     rebuild: bool = False,
     overrides: list[str] | None = None,
 ) -> IndexSummary:
-    """Bring the index at ``index_dir`` up to date with the clips in ``corpus_dir`` (see module docstring)."""
-    from mwga_core.pipeline.ray_executor import RayFeaturizer, RaySettings
-    from mwga_core.pipeline.run import analyse, build_components, check_device, featurize
+    """Bring the index at ``index_dir`` up to date with the clips in ``corpus_dir`` (see module docstring).
+
+    Holds the index's lock (``.<index name>.lock`` beside it) for the whole run, so a second
+    ``mwga index`` of the same index waits for the first, then reuses its rows.
+    """
+    from mwga_core.pipeline.executors import check_executor
+    from mwga_core.pipeline.model_stage import prepare_gradient_source
+    from mwga_core.pipeline.run import analyse, build_components, check_device
 
     start = time.perf_counter()
     host = host or get_host()
@@ -238,124 +165,222 @@ def index_corpus(
         raise ConfigValueError("--batch-size", batch_size, "an integer >= 1")
     cfg = cfg.copy()
     cfg.dataset.train_dir = str(corpus_dir)
-    manifest = None if rebuild else read_manifest(index_dir)
-    if manifest is not None and not cfg.dataset.get("labels"):
-        # a later run without dataset.labels keeps the labels the index was given
-        cfg.dataset.labels = manifest["config"]["dataset"].get("labels", "")
-    components = build_components(cfg, host)
-    dataset = components.dataset
-    if not hasattr(dataset, "read_clips"):
-        raise ConfigValueError("dataset", cfg.dataset.name, "video_folder (a dataset that reads clip files)")
-    if not components.scorer.uses_features:
-        raise ConfigValueError(
-            "scorer", cfg.scorer.name, "a scorer that reads features (an index holds features)"
-        )
-    check_device(cfg.device)
-    on_ray = RaySettings.from_config(cfg).executor == "ray"  # a bad executor value fails before any work
+    with entry_lock(index_dir):
+        manifest = None if rebuild else read_manifest(index_dir)
+        if manifest is not None and not cfg.dataset.get("labels"):
+            # a later run without dataset.labels keeps the labels the index was given
+            cfg.dataset.labels = manifest["config"]["dataset"].get("labels", "")
+        components = build_components(cfg, host)
+        dataset = components.dataset
+        if not hasattr(dataset, "read_clips"):
+            raise ConfigValueError(
+                "dataset", cfg.dataset.name, "video_folder (a dataset that reads clip files)"
+            )
+        if not components.scorer.uses_features:
+            raise ConfigValueError(
+                "scorer", cfg.scorer.name, "a scorer that reads features (an index holds features)"
+            )
+        check_device(cfg.device)
+        check_executor(cfg)  # a bad executor value fails before any work
 
-    identity = index_identity(cfg, keep_flows)
-    if rebuild:
-        shutil.rmtree(index_dir, ignore_errors=True)
-    if manifest is not None and manifest["identity"] != identity:
-        changes = "; ".join(_differences(manifest["identity"], identity)[:6])
-        raise IndexMismatchError(
-            f"{index_dir} was made with another config ({changes}). Use the same overrides, another --out, "
-            "or --rebuild to start over."
-        )
-    index_dir.mkdir(parents=True, exist_ok=True)
-    from mwga_plugins.datasets.video_folder import scan_folder
+        identity = index_identity(cfg, keep_flows)
+        if rebuild:
+            shutil.rmtree(index_dir, ignore_errors=True)
+        if manifest is not None and manifest["identity"] != identity:
+            changes = "; ".join(_differences(manifest["identity"], identity)[:6])
+            raise IndexMismatchError(
+                f"{index_dir} was made with another config ({changes}). Use the same overrides, another --out, "
+                "or --rebuild to start over."
+            )
+        index_dir.mkdir(parents=True, exist_ok=True)
+        from mwga_plugins.datasets.video_folder import scan_folder
 
-    files = scan_folder(corpus_dir)
-    names = dataset.label_names(files, "train")
-    label_of = {f.id: n for f, n in zip(files, names, strict=True)}
-    class_names = sorted({n for n in names if n is not None})
+        files = scan_folder(corpus_dir)
+        names = dataset.label_names(files, "train")
+        label_of = {f.id: n for f, n in zip(files, names, strict=True)}
+        class_names = sorted({n for n in names if n is not None})
 
-    def clip_set(frames: np.ndarray, kept: list) -> ClipSet:
-        labels = [class_names.index(label_of[f.id]) if label_of[f.id] is not None else -1 for f in kept]
-        return ClipSet(frames=frames, labels=np.array(labels, dtype=np.int64), ids=[f.id for f in kept])
+        def clip_set(frames: np.ndarray, kept: list) -> ClipSet:
+            labels = [class_names.index(label_of[f.id]) if label_of[f.id] is not None else -1 for f in kept]
+            return ClipSet(frames=frames, labels=np.array(labels, dtype=np.int64), ids=[f.id for f in kept])
 
-    skipped: list[dict[str, str]] = []
-    preloaded = None
-    prepared_on = None  # the clips the gradient source was prepared on; Ray workers prepare on them too
-    if type(components.gradient).prepare is not GradientSource.prepare:
-        # The source trains on the corpus: it needs every clip before any gradient.
-        frames, kept, skipped = dataset.read_clips(files)
-        preloaded = {f.id: i for i, f in enumerate(kept)}, frames
-        with ctx.stage("prepare gradient source"):
-            prepared_on = analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
-            components.gradient.prepare(prepared_on, ctx)
-    checkpoint_id = components.gradient.checkpoint_id()
+        skipped: list[dict[str, str]] = []
+        preloaded = None
+        prepared_on = None  # the clips the gradient source was prepared on; Ray workers prepare on them too
+        if components.gradient.uses_model:
+            # The model stage trains on the corpus: it needs every clip before any gradient.
+            frames, kept, skipped = dataset.read_clips(files)
+            preloaded = {f.id: i for i, f in enumerate(kept)}, frames
+            with ctx.stage("motion + descriptors"):
+                prepared_on = analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
+            prepare_gradient_source(components.gradient, components.model, prepared_on, ctx)
+        checkpoint_id = components.gradient.checkpoint_id()
 
-    shard_root = index_dir / "shards"
-    sources: list[_Source] = []
-    if manifest is not None and manifest.get("checkpoint_id") == checkpoint_id:
-        sources.append(_open_source(index_dir / manifest["data"]))
-    elif manifest is not None:
-        ctx.console.print(
-            "[yellow]warning:[/] the gradient source's checkpoint changed: recomputing every clip."
-        )
-    shard_meta = {"identity": identity, "checkpoint_id": checkpoint_id}
-    for shard in sorted(shard_root.glob("shard-*")) if shard_root.exists() else []:
-        meta_path = shard / "shard.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()) == shard_meta:
-            sources.append(_open_source(shard))
-    sources = [s for s in sources if s is not None]
-    known = {key for source in sources for key in source.rows}
-    skipped_ids = {Path(s["file"]).resolve() for s in skipped}
-    todo = [f for f in files if tuple(f.key()) not in known and f.path.resolve() not in skipped_ids]
+        key = rows_key(identity, components, checkpoint_id)
+        sources = _reusable_rows(index_dir, manifest, key, checkpoint_id, ctx)
+        known = {clip for source in sources for clip in source.rows}
+        skipped_ids = {Path(s["file"]).resolve() for s in skipped}
+        todo = [f for f in files if tuple(f.key()) not in known and f.path.resolve() not in skipped_ids]
 
-    next_shard = 1 + max((int(p.name.split("-")[1]) for p in shard_root.glob("shard-*")), default=0)
-    computed = 0
-    ray_featurizer = RayFeaturizer(cfg, ctx, prepared_on, checkpoint_id) if on_ray and todo else None
-    with (
-        ctx.stage("index") as stage_info,
-        ctx.progress("clips", len(todo)) as bar,
-        ray_featurizer or contextlib.nullcontext(),
-    ):
-        for begin in range(0, len(todo), batch_size):
-            batch = todo[begin : begin + batch_size]
+        def read_batch(batch: list) -> tuple[np.ndarray, list]:
             if preloaded is not None:
                 rows, all_frames = preloaded
-                kept, frames = batch, all_frames[[rows[f.id] for f in batch]]
-            else:
-                frames, kept, left_out = dataset.read_clips(batch)
-                skipped += left_out
+                return all_frames[[rows[f.id] for f in batch]], batch
+            frames, kept, left_out = dataset.read_clips(batch)
+            skipped.extend(left_out)
+            return frames, kept
+
+        def analyse_batch(frames: np.ndarray, kept: list) -> AnalysedClips:
+            return analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
+
+        batches = _Batches(read_batch, analyse_batch, batch_size, keep_flows, key)
+        with ctx.stage("index") as stage_info:
+            computed = _compute_rows(
+                todo, batches, index_dir / SHARDS, sources, components, cfg, ctx, prepared_on
+            )
+            stage_info["status"] = f"{computed} clips computed, {len(files) - len(todo)} reused"
+
+        skipped_files = {s["file"] for s in skipped}
+        present = [f for f in files if str(f.path) not in skipped_files]
+        records = [
+            {"id": f.id, "size": f.size, "mtime_ns": f.mtime_ns, "label": label_of[f.id]} for f in present
+        ]
+        data_name, gathered, old_ids = _consolidate(
+            index_dir, manifest, sources, present, records, computed, keep_flows
+        )
+
+        static_ids = [f.id for f, s in zip(present, gathered["static"], strict=True) if s]
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("cache", None)
+        new_manifest = {
+            "format": FORMAT_VERSION,
+            "mwga_version": __version__,
+            "identity": identity,
+            "rows_key": key,
+            "config": config,
+            "overrides": list(overrides or []),
+            "corpus_dir": str(corpus_dir),
+            "checkpoint_id": checkpoint_id,
+            "data": data_name,
+            "count": len(present),
+            "shape": list(gathered["features"].shape),
+            "class_names": class_names,
+            "skipped": skipped,
+            "static_clips": static_ids,
+            "created": manifest["created"] if manifest else time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_manifest(index_dir, new_manifest)
+        for leftover in [*index_dir.glob("data-*"), *index_dir.glob(".*.tmp"), index_dir / SHARDS]:
+            if leftover.name != data_name:
+                shutil.rmtree(leftover, ignore_errors=True)
+    reused = len(present) - computed
+    removed = len(old_ids - {f.id for f in present})
+    return IndexSummary(
+        index_dir, len(present), reused, computed, removed, skipped, static_ids, time.perf_counter() - start
+    )
+
+
+def _reusable_rows(
+    index_dir: Path, manifest: dict | None, key: str, checkpoint_id: str | None, ctx: RunContext
+) -> list[RowSource]:
+    """The consolidated data (when made under ``key``) and every shard made under ``key``."""
+    sources: list[RowSource | None] = []
+    if manifest is not None and manifest.get("rows_key") == key:
+        sources.append(open_rows(index_dir / manifest["data"]))
+    elif manifest is not None:
+        changed = (
+            "the gradient source's checkpoint"
+            if manifest.get("checkpoint_id") != checkpoint_id
+            else "the components' code (or the index format)"
+        )
+        ctx.console.print(f"[yellow]warning:[/] {changed} changed: recomputing every clip.")
+    shard_root = index_dir / SHARDS
+    for shard in sorted(shard_root.glob("shard-*")) if shard_root.exists() else []:
+        sources.append(open_rows(shard, rows_key=key))
+    return [source for source in sources if source is not None]
+
+
+@dataclass
+class _Batches:
+    """How :func:`_compute_rows` reads and analyses a batch of clip files, and what it stores."""
+
+    read: Callable[[list], tuple[np.ndarray, list]]
+    analyse: Callable[[np.ndarray, list], AnalysedClips]
+    size: int
+    keep_flows: bool
+    rows_key: str
+
+
+def _compute_rows(
+    todo: list,
+    batches: _Batches,
+    shard_root: Path,
+    sources: list[RowSource],
+    components: Any,
+    cfg: DictConfig,
+    ctx: RunContext,
+    prepared_on: AnalysedClips | None,
+) -> int:
+    """Featurize the ``todo`` clip files batch by batch, each batch a new shard (appended to
+    ``sources``). Returns the number of clips computed."""
+    from mwga_core.pipeline.executors import open_executor
+    from mwga_core.pipeline.featurize import featurize
+
+    shards = shard_root.glob("shard-*") if shard_root.exists() else []
+    next_shard = 1 + max((int(p.name.split("-")[1]) for p in shards), default=0)
+    computed = 0
+    gradient, projector = components.gradient, components.projector
+    checkpoint_id = gradient.checkpoint_id()
+    with (
+        ctx.progress("clips", len(todo)) as bar,
+        open_executor(cfg, ctx, gradient, projector, prepared_on, checkpoint_id) as executor,
+    ):
+        for begin in range(0, len(todo), batches.size):
+            batch = todo[begin : begin + batches.size]
+            frames, kept = batches.read(batch)
             if kept:
-                analysed = analyse(clip_set(frames, kept), components, ctx, cfg.static_threshold)
-                if ray_featurizer is not None:
-                    features = ray_featurizer.featurize(analysed)
-                else:
-                    features = featurize(analysed, components, ctx)
+                analysed = batches.analyse(frames, kept)
                 arrays = {
-                    "features": features,
+                    "features": featurize(analysed, executor, ctx),
                     "descriptors": analysed.descriptors.astype(np.float32),
                     "static": analysed.static.astype(bool),
                 }
-                if keep_flows:
+                if batches.keep_flows:
                     arrays["flows"] = analysed.flows.astype(np.float16)
                 shard = shard_root / f"shard-{next_shard:06d}"
                 records = [{"id": f.id, "size": f.size, "mtime_ns": f.mtime_ns} for f in kept]
-                _write_rows(shard, records, arrays)
-                _write_json_atomic(shard / "shard.json", shard_meta)
-                sources.append(_open_source(shard))
+                write_rows(shard, records, arrays, rows_key=batches.rows_key)
+                sources.append(open_rows(shard, rows_key=batches.rows_key))
                 next_shard += 1
                 computed += len(kept)
             bar.advance(len(batch))
-        stage_info["status"] = f"{computed} clips computed, {len(files) - len(todo)} reused"
+    return computed
 
-    skipped_files = {s["file"] for s in skipped}
-    present = [f for f in files if str(f.path) not in skipped_files]
+
+def _consolidate(
+    index_dir: Path,
+    manifest: dict | None,
+    sources: list[RowSource],
+    present: list,
+    records: list[dict],
+    computed: int,
+    keep_flows: bool,
+) -> tuple[str, dict[str, np.ndarray], set[str]]:
+    """Gather the rows of the ``present`` clip files into the data folder the new manifest names.
+
+    Returns the data folder's name, its arrays and the clip ids of the previous data.
+    """
     where = {}
     for source in sources:  # later sources win: a shard is newer than the data it extends
-        for key, row in source.rows.items():
-            where[key] = (source, row)
+        for clip, row in source.rows.items():
+            where[clip] = (source, row)
     old_ids = (
-        {key[0] for key in sources[0].rows}
+        {clip[0] for clip in sources[0].rows}
         if manifest and sources and sources[0].path.name == manifest["data"]
         else set()
     )
     picks = [where[tuple(f.key())] for f in present]
-    records = [{"id": f.id, "size": f.size, "mtime_ns": f.mtime_ns, "label": label_of[f.id]} for f in present]
     unchanged = (
         manifest is not None
         and computed == 0
@@ -364,69 +389,12 @@ def index_corpus(
     )
     if unchanged:  # nothing new: keep the data, refresh only the labels
         data_name = manifest["data"]
-        gathered = dict(sources[0].arrays)
-        _write_json_atomic(index_dir / data_name / "clips.json", records)
-    else:
-        data_name = f"data-{int(manifest['data'].split('-')[1]) + 1 if manifest else 1:06d}"
-        gathered = _gather(picks, keep_flows)
-        _write_rows(index_dir / data_name, records, gathered)
-
-    static_ids = [f.id for f, s in zip(present, gathered["static"], strict=True) if s]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("cache", None)
-    new_manifest = {
-        "format": FORMAT_VERSION,
-        "mwga_version": __version__,
-        "identity": identity,
-        "config": config,
-        "overrides": list(overrides or []),
-        "corpus_dir": str(corpus_dir),
-        "checkpoint_id": checkpoint_id,
-        "data": data_name,
-        "count": len(present),
-        "shape": list(gathered["features"].shape),
-        "class_names": class_names,
-        "skipped": skipped,
-        "static_clips": static_ids,
-        "created": manifest["created"] if manifest else time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    _write_json_atomic(index_dir / "manifest.json", new_manifest)
-    for leftover in [*index_dir.glob("data-*"), *index_dir.glob(".tmp-*"), shard_root]:
-        if leftover.name != data_name:
-            shutil.rmtree(leftover, ignore_errors=True)
-    reused = len(present) - computed
-    removed = len(old_ids - {f.id for f in present})
-    return IndexSummary(
-        index_dir, len(present), reused, computed, removed, skipped, static_ids, time.perf_counter() - start
-    )
-
-
-def _gather(picks: list[tuple[_Source, int]], keep_flows: bool) -> dict[str, np.ndarray]:
-    """The rows ``picks`` names, in that order, as new arrays (grouped by source, one fancy index each)."""
-    if not picks:
-        raise DataError("the corpus folder holds no usable clip: nothing to index.")
-    names = [*ARRAYS, "flows"] if keep_flows else list(ARRAYS)
-    first = picks[0][0].arrays
-    out = {}
-    for name in names:
-        template = first[name]
-        axis = 1 if name == "features" else 0
-        shape = list(template.shape)
-        shape[axis] = len(picks)
-        out[name] = np.empty(shape, dtype=template.dtype)
-    by_source: dict[int, tuple[_Source, list[int], list[int]]] = {}
-    for position, (source, row) in enumerate(picks):
-        entry = by_source.setdefault(id(source), (source, [], []))
-        entry[1].append(position)
-        entry[2].append(row)
-    for source, positions, rows in by_source.values():
-        for name in names:
-            if name == "features":
-                out[name][:, positions] = source.arrays[name][:, rows]
-            else:
-                out[name][positions] = source.arrays[name][rows]
-    return out
+        write_json_atomic(index_dir / data_name / "clips.json", records, indent=None)
+        return data_name, dict(sources[0].arrays), old_ids
+    data_name = f"data-{int(manifest['data'].split('-')[1]) + 1 if manifest else 1:06d}"
+    gathered = gather_rows(picks, keep_flows)
+    write_rows(index_dir / data_name, records, gathered)
+    return data_name, gathered, old_ids
 
 
 def index_command(args: list[str]) -> int:

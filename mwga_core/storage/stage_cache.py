@@ -1,13 +1,13 @@
 """The stage cache: every stage's output on disk, keyed by its config and its inputs' keys.
 
-Each stage's key hashes its own config, the keys of the stage outputs it reads, mwga's version and a
-hash of the source files of the component's classes, so the keys form a chain::
+Each stage's key is :func:`mwga_core.storage.keys.entry_key` of its component's config and code, the keys of
+the stage outputs it reads, the run seed and :data:`FORMAT_VERSION`, so the keys form a chain::
 
     dataset      = hash(dataset config, seed, dataset fingerprint, code)
     flows        = hash(dataset key, split, motion config, code)
     descriptors  = hash(flows key, descriptor config, code)
     gradients    = hash(descriptors key, gradient config, checkpoint id, model config, device, code)
-    features     = hash(gradients key, projection config, code)      (stored by the feature store)
+    features     = hash(gradients key, projection config, code)      (resumable: storage.feature_store)
     scores       = hash(train features key, query features key, scorer config, code)
 
 Changing ``projection.dim`` changes only the features and scores keys: flows, descriptors, the model
@@ -15,24 +15,21 @@ and the raw gradients are read back. Editing a component's module (or a base cla
 its code hash and so every key downstream of it.
 
 An entry is a folder ``<cache.dir>/stages/<stage>/<key>/`` holding one ``.npy`` per array and a
-``manifest.json`` (stage, key, config that made it, mwga version, created time, array shapes, extra
-metadata). It is written into a temporary folder beside it and renamed into place, so readers never see
-a half-written entry; when two processes write the same key at once, the first rename wins and the
-other discards its copy (both computed the same thing). A reader checks the manifest and the shape and
-dtype of every array; a damaged entry is a miss, reported with a warning naming its folder, and removed.
+``manifest.json`` (stage, key, config that made it, mwga version, created time, every array's shape,
+dtype and checksum, extra metadata). It is written into a hidden temporary folder beside it and renamed
+into place, so readers never see a half-written entry; when two processes write the same key at once,
+the first rename wins and the other discards its copy (both computed the same thing). A reader checks
+the manifest and the shape, dtype and checksum of every array; a damaged entry is a miss, reported with a
+warning naming its folder, and removed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
-import inspect
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,67 +39,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mwga_core import __version__
+from mwga_core.storage.keys import entry_key, plain
 
 log = logging.getLogger("mwga")
 
-FORMAT_VERSION = 1
+#: bump when what an entry holds changes meaning (2: features entries, array checksums)
+FORMAT_VERSION = 2
 #: the stages the pipeline caches, in pipeline order
-STAGES = ("dataset", "flows", "descriptors", "gradients", "scores")
+STAGES = ("dataset", "flows", "descriptors", "gradients", "features", "scores")
 #: cache folders kept by other parts of mwga, listed by ``mwga cache info``
-OTHER_CACHES = ("features", "models")
+OTHER_CACHES = ("models",)
 MANIFEST = "manifest.json"
+#: bytes read at a time when checksumming an array file
+_CHECKSUM_BLOCK = 1 << 24
 
 
-def plain(value: Any) -> Any:
-    """A config (dataclass, DictConfig, mapping, ...) as JSON-able plain data."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
-def digest(data: Any, size: int = 12) -> str:
-    """A hex hash of JSON-able ``data`` (``size`` bytes)."""
-    text = json.dumps(plain(data), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
-
-
-@functools.cache
-def module_source_hash(module_name: str) -> str:
-    """A short hash of a module's source file; "" when it has none (built-in, compiled)."""
-    module = sys.modules.get(module_name)
-    try:
-        path = inspect.getsourcefile(module) if module is not None else None
-        return hashlib.blake2b(Path(path).read_bytes(), digest_size=6).hexdigest() if path else ""
-    except (OSError, TypeError):
-        return ""
-
-
-def code_version(component: object) -> dict[str, str]:
-    """``module -> source hash`` for the modules defining the component's class and its base classes."""
-    modules = {
-        cls.__module__
-        for cls in type(component).__mro__
-        if cls.__module__ not in ("builtins", "abc", "typing")
-    }
-    return {name: module_source_hash(name) for name in sorted(modules)}
-
-
-def array_digest(*arrays: np.ndarray | None, extra: Any = None) -> str:
-    """A content hash of arrays (bytes, shape, dtype) and JSON-able ``extra``."""
-    hasher = hashlib.blake2b(digest_size=12)
-    for array in arrays:
-        if array is None:
-            hasher.update(b"none")
-            continue
-        array = np.ascontiguousarray(array)
-        hasher.update(repr((array.shape, str(array.dtype))).encode())
-        hasher.update(memoryview(array).cast("B"))
-    hasher.update(json.dumps(plain(extra), sort_keys=True, default=str).encode())
+def file_checksum(path: Path) -> str:
+    """A content hash of a file's bytes (blake2b, 16 bytes), read in blocks (files may be GiBs)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHECKSUM_BLOCK):
+            hasher.update(block)
     return hasher.hexdigest()
 
 
@@ -121,13 +80,19 @@ class CachedOutput:
 
 
 class PendingEntry:
-    """An entry being written into a temporary folder; :meth:`commit` renames it into place."""
+    """An entry being written into a hidden folder beside its place; :meth:`commit` renames it there.
 
-    def __init__(self, target: Path) -> None:
+    Args:
+        target: the entry's final folder.
+        folder: the folder to fill; None makes a fresh ``.tmp-<key>-<pid>-<random>`` one. The resumable
+            features entry passes its own (kept across runs, guarded by the entry's lock).
+    """
+
+    def __init__(self, target: Path, folder: Path | None = None) -> None:
         self.target = target
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.folder.mkdir()
+        self.folder = folder or target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.folder.mkdir(exist_ok=folder is not None)
         self._memmaps: dict[str, np.memmap] = {}
 
     def add(self, name: str, array: np.ndarray) -> None:
@@ -141,14 +106,21 @@ class PendingEntry:
         return array
 
     def commit(self, stage: str, key: str, config: Any, meta: Mapping[str, Any] | None = None) -> Path:
-        """Write the manifest and move the entry into place; an entry already there is kept."""
+        """Write the manifest and move the entry into place; an entry already there is kept.
+
+        Every ``.npy`` file in the folder is an array of the entry (listed with its checksum).
+        """
         for array in self._memmaps.values():
             array.flush()
         self._memmaps.clear()
         arrays = {}
         for path in sorted(self.folder.glob("*.npy")):
             array = np.load(path, mmap_mode="r")
-            arrays[path.stem] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+            arrays[path.stem] = {
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "checksum": file_checksum(path),
+            }
             del array
         manifest = {
             "format": FORMAT_VERSION,
@@ -196,20 +168,27 @@ class StageCache:
         component: object | None = None,
         inputs: Sequence[str] = (),
         extra: Any = None,
+        also_code: Sequence[object] = (),
     ) -> str:
-        """The key of a stage output: its component's config and code, its inputs' keys and ``extra``."""
-        payload = {
-            "format": FORMAT_VERSION,
-            "stage": stage,
-            "mwga_version": __version__,
-            "seed": self.seed,
-            "inputs": list(inputs),
-            "extra": plain(extra),
-        }
-        if component is not None:
-            payload["config"] = plain(getattr(component, "config", None))
-            payload["code"] = code_version(component)
-        return digest(payload)
+        """The key of a stage output (:func:`~mwga_core.storage.keys.entry_key`).
+
+        Args:
+            stage: the stage name.
+            component: the component computing it: its ``config`` and its classes' code go in.
+            inputs: the keys of the stage outputs it reads.
+            extra: anything else the output depends on (JSON-able).
+            also_code: other objects whose classes' code the output depends on (e.g. the model adapter
+                a gradient source differentiates).
+        """
+        return entry_key(
+            stage,
+            config=getattr(component, "config", None),
+            inputs=inputs,
+            components=[component, *also_code],
+            seed=self.seed,
+            format_version=FORMAT_VERSION,
+            extra=extra,
+        )
 
     def path(self, stage: str, key: str) -> Path:
         return Path(self.root) / "stages" / stage / key
@@ -231,7 +210,7 @@ class StageCache:
         try:
             return self._read(folder, stage, key, expect or {}, mmap)
         except DamagedEntryError as error:
-            self._warn(f"ignoring the damaged cache entry {folder}: {error}; recomputing it.")
+            self.warning(f"ignoring the damaged cache entry {folder}: {error}; recomputing it.")
             self.remove(folder)
             return None
 
@@ -309,7 +288,8 @@ class StageCache:
             return
         shutil.rmtree(aside, ignore_errors=True)
 
-    def _warn(self, message: str) -> None:
+    def warning(self, message: str) -> None:
+        """Report a problem with the cache (``warn`` when given, else the ``mwga`` logger)."""
         if self.warn is not None:
             self.warn(message)
         else:
@@ -330,6 +310,8 @@ class StageCache:
             raise DamagedEntryError(f"its manifest lists arrays {listed!r}, expected {sorted(expect)}")
         arrays = {}
         for name, spec in listed.items():
+            if not isinstance(spec, dict):
+                raise DamagedEntryError(f"its manifest's entry for {name!r} is not an object")
             try:
                 array = np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             except (OSError, ValueError, EOFError) as error:
@@ -339,6 +321,9 @@ class StageCache:
                     f"{name}.npy has shape {list(array.shape)} {array.dtype}, "
                     f"its manifest says {spec.get('shape')} {spec.get('dtype')}"
                 )
+            # a valid array with altered values passes every check above: only its checksum tells
+            if file_checksum(folder / f"{name}.npy") != spec.get("checksum"):
+                raise DamagedEntryError(f"{name}.npy does not match the checksum in its manifest")
             wanted = expect.get(name)
             if wanted is not None and (
                 len(wanted) != array.ndim
@@ -354,6 +339,4 @@ def stage_cache_from_config(cfg: Any, ctx: Any) -> StageCache:
 
     Its warnings go to the ``mwga`` logger, so under Hydra they also land in the run's ``mwga.log``.
     """
-    cache_cfg = cfg.get("cache") if hasattr(cfg, "get") else None
-    enabled = bool(cache_cfg.get("enabled", True)) if cache_cfg is not None else True
-    return StageCache(Path(ctx.cache_dir), enabled=enabled, seed=int(ctx.seed))
+    return StageCache(Path(ctx.cache_dir), enabled=bool(cfg.cache.enabled), seed=int(ctx.seed))

@@ -25,11 +25,8 @@ from mwga_core.testing.contracts import (
     MotionEstimatorContract,
     ProjectorContract,
     ScorerContract,
-    make_context,
-    random_features,
-    small_analysed,
-    small_corpus,
 )
+from mwga_core.testing.inputs import make_context, random_features, small_analysed, small_corpus
 
 __all__ = [
     "ComponentContract",

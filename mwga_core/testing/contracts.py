@@ -17,93 +17,37 @@ starts with ``Test`` and set:
 Every contract checks that the hook registers the component in a fresh :class:`PluginHost` (exactly as
 an installed entry point would be), that every config field has a default and survives OmegaConf (what
 Hydra does to it), and that the component builds from its config. The kind-specific checks are listed
-on each contract. Inputs are tiny synthetic clips from :func:`small_corpus`, so a contract runs in
-seconds.
+on each contract. Inputs are tiny moving clips the kit renders itself
+(:func:`mwga_core.testing.inputs.small_corpus`), so a contract runs in seconds and needs no built-in
+plugin.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from rich.console import Console
 
 from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
 from mwga_core.api.context import RunContext
 from mwga_core.api.motion import to_grey
 from mwga_core.plugin_host.host import PluginHost
 from mwga_core.plugin_host.registry import ComponentConfig, ComponentSpec, as_config_object
+from mwga_core.testing.inputs import (
+    make_context,
+    random_features,
+    small_analysed,
+    small_corpus,
+    static_clips,
+)
 
 #: the plugin name the contracts register the component's hook module under
 CONTRACT_PLUGIN_NAME = "contract-under-test"
-
-
-# -- inputs ------------------------------------------------------------------------------------------
-
-
-def make_context(tmp_path: Path | str | None = None, seed: int = 0) -> RunContext:
-    """A quiet CPU :class:`RunContext` whose cache and output folders live under ``tmp_path``."""
-    base = Path(tmp_path) if tmp_path is not None else Path(tempfile.mkdtemp(prefix="mwga-contract-"))
-    cache_dir, output_dir = base / "cache", base / "output"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(
-        seed=seed,
-        device="cpu",
-        cache_dir=cache_dir,
-        output_dir=output_dir,
-        show_progress=False,
-        console=Console(stderr=True, quiet=True),
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_corpus(num_clips: int, num_frames: int, size: int, seed: int) -> Corpus:
-    from mwga_plugins.datasets.synthetic import SyntheticConfig, SyntheticMotionBenchmark
-
-    config = SyntheticConfig(name="synthetic", num_clips=num_clips, num_frames=num_frames, size=size)
-    return SyntheticMotionBenchmark(config).load(make_context(seed=seed))
-
-
-def small_corpus(num_clips: int = 12, num_frames: int = 5, size: int = 16, seed: int = 0) -> Corpus:
-    """The built-in synthetic benchmark at a tiny size: every pattern, one query each, exact flow.
-
-    Shape:
-        train.frames: (num_clips, num_frames, size, size, 1) float32 in [0, 1].
-        train.gt_flow: (num_clips, num_frames - 1, size, size, 2) float32.
-        queries: one clip per pattern (6), same shapes.
-    """
-    return copy.deepcopy(_cached_corpus(num_clips, num_frames, size, seed))
-
-
-def static_clips(frames: np.ndarray) -> np.ndarray:
-    """Clips that do not move: every frame is the clip's first frame. Same shape as ``frames``."""
-    return np.repeat(frames[:, :1], frames.shape[1], axis=1).copy()
-
-
-def small_analysed(split: str = "train", bins: int = 8, **corpus_args: Any) -> AnalysedClips:
-    """One split of :func:`small_corpus` with its exact flow and L1-normalised HOOF descriptors."""
-    from mwga_plugins.descriptors.hoof import hoof_histograms, normalise_rows
-
-    corpus = small_corpus(**corpus_args)
-    clips: ClipSet = corpus.train if split == "train" else corpus.queries
-    flows = clips.gt_flow
-    descriptors = normalise_rows(hoof_histograms(flows, bins).mean(axis=1), "l1").astype(np.float32)
-    static = np.hypot(flows[..., 0], flows[..., 1]).reshape(len(clips), -1).mean(axis=1) < 0.01
-    return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static)
-
-
-def random_features(checkpoints: int, count: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Standard-normal features. Shape: (checkpoints, count, dim) float32."""
-    return np.random.default_rng(seed).standard_normal((checkpoints, count, dim)).astype(np.float32)
 
 
 # -- the common part ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from mwga_core.api.clips import ClipSet, Corpus
 from mwga_core.api.context import RunContext
 from mwga_core.api.datasets import Dataset, DatasetConfig
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.config.checks import at_least, satisfies
 
 PATTERNS = (
     "horizontal_pan",
@@ -38,30 +39,33 @@ PATTERNS = (
 )
 
 
+def _ordered_range() -> dict:
+    """Field metadata: ``[min, max]`` of finite numbers with 0 < min <= max."""
+    return satisfies(
+        lambda v: len(v) == 2 and all(math.isfinite(x) for x in v) and 0.0 < v[0] <= v[1],
+        "[min, max] of finite numbers with 0 < min <= max",
+    )
+
+
 @dataclass
 class SyntheticConfig(DatasetConfig):
     """The benchmark's knobs; defaults follow the paper (N=200, T=16, 32x32 grey)."""
 
     num_clips: int = 200
-    num_frames: int = 16
-    size: int = 32
-    queries_per_pattern: int = 1
+    num_frames: int = field(default=16, metadata=at_least(2))
+    size: int = field(default=32, metadata=at_least(8, note="pixels"))
+    queries_per_pattern: int = field(default=1, metadata=at_least(1))
     patterns: list[str] = field(default_factory=lambda: list(PATTERNS))
     #: translation speed in px/frame (pan, tilt, diagonal, random); drawn uniformly per clip
-    speed: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    speed: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata=_ordered_range())
     #: rotation speed in degrees/frame
-    rotation_deg: list[float] = field(default_factory=lambda: [1.5, 4.0])
+    rotation_deg: list[float] = field(default_factory=lambda: [1.5, 4.0], metadata=_ordered_range())
     #: zoom rate per frame: scale = 1 + rate
-    zoom_rate: list[float] = field(default_factory=lambda: [0.02, 0.05])
+    zoom_rate: list[float] = field(default_factory=lambda: [0.02, 0.05], metadata=_ordered_range())
     #: standard deviation of the texture blur in px, drawn per clip (larger = smoother texture)
-    texture_blur: list[float] = field(default_factory=lambda: [0.8, 2.0])
+    texture_blur: list[float] = field(default_factory=lambda: [0.8, 2.0], metadata=_ordered_range())
     #: grey-level noise added to every frame (0 = none)
-    pixel_noise: float = 0.0
-
-
-def _check_range(values: list[float], name: str, low: float) -> None:
-    if len(values) != 2 or not (low < values[0] <= values[1]):
-        raise ConfigValueError(name, list(values), f"[min, max] with {low} < min <= max")
+    pixel_noise: float = field(default=0.0, metadata=at_least(0))
 
 
 class SyntheticMotionBenchmark(Dataset):
@@ -77,18 +81,6 @@ class SyntheticMotionBenchmark(Dataset):
             raise ConfigValueError(
                 "num_clips", c.num_clips, f"an integer >= {len(c.patterns)} (at least one clip per pattern)"
             )
-        if c.num_frames < 2:
-            raise ConfigValueError("num_frames", c.num_frames, "an integer >= 2")
-        if c.size < 8:
-            raise ConfigValueError("size", c.size, "an integer >= 8 (pixels)")
-        if c.queries_per_pattern < 1:
-            raise ConfigValueError("queries_per_pattern", c.queries_per_pattern, "an integer >= 1")
-        if c.pixel_noise < 0:
-            raise ConfigValueError("pixel_noise", c.pixel_noise, "a number >= 0")
-        _check_range(c.speed, "speed", 0.0)
-        _check_range(c.rotation_deg, "rotation_deg", 0.0)
-        _check_range(c.zoom_rate, "zoom_rate", 0.0)
-        _check_range(c.texture_blur, "texture_blur", 0.0)
 
     def cache_fingerprint(self) -> object:
         """Nothing beyond config and seed: the clips are rendered from them alone."""

@@ -41,8 +41,9 @@ import numpy as np
 from mwga_core import hookimpl
 from mwga_core.api.clips import ClipSet, Corpus
 from mwga_core.api.context import RunContext
-from mwga_core.api.datasets import Dataset, DatasetConfig
+from mwga_core.api.datasets import ClipFile, ClipReader, DatasetConfig
 from mwga_core.api.errors import ConfigValueError, DataError
+from mwga_core.config.checks import at_least, one_of, satisfies
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -61,27 +62,17 @@ class VideoFolderConfig(DatasetConfig):
     query_files: list[str] = field(default_factory=list)
     #: "" (no labels), "folders" (first path component) or a CSV file with columns clip,label
     labels: str = ""
-    num_frames: int = 16
+    num_frames: int = field(default=16, metadata=at_least(2))
     #: [S] for S x S, or [H, W]; cover then centre-crop, aspect kept
-    size: list[int] = field(default_factory=lambda: [32])
+    size: list[int] = field(
+        default_factory=lambda: [32],
+        metadata=satisfies(
+            lambda size: len(size) in (1, 2) and min(size) >= 8, "[S] or [H, W] with sides >= 8 (pixels)"
+        ),
+    )
     grayscale: bool = True
     #: raise: a bad clip stops the run; skip: it is left out and listed
-    on_error: str = "raise"
-
-
-@dataclass(frozen=True)
-class ClipFile:
-    """One clip on disk; ``size`` and ``mtime_ns`` identify its version (summed / newest for a folder)."""
-
-    id: str
-    path: Path
-    kind: str  # video | npy | images
-    size: int
-    mtime_ns: int
-
-    def key(self) -> list:
-        """What identifies this version of the clip in an index."""
-        return [self.id, self.size, self.mtime_ns]
+    on_error: str = field(default="raise", metadata=one_of(*ON_ERROR))
 
 
 def _natural_key(name: str) -> list:
@@ -142,19 +133,19 @@ def sample_indices(length: int, num_frames: int) -> np.ndarray:
     return np.rint(np.linspace(0, length - 1, num_frames)).astype(np.int64)
 
 
-class VideoFolderDataset(Dataset):
+class VideoFolderDataset(ClipReader):
     """Training and query clips read from folders (see the module docstring)."""
 
     def __init__(self, config: VideoFolderConfig) -> None:
         super().__init__(config)
-        c = config
-        if c.num_frames < 2:
-            raise ConfigValueError("num_frames", c.num_frames, "an integer >= 2")
-        if len(c.size) not in (1, 2) or min(c.size) < 8:
-            raise ConfigValueError("size", list(c.size), "[S] or [H, W] with sides >= 8 (pixels)")
-        if c.on_error not in ON_ERROR:
-            raise ConfigValueError("on_error", c.on_error, f"one of {list(ON_ERROR)}")
-        self.height, self.width = (c.size[0], c.size[0]) if len(c.size) == 1 else tuple(c.size)
+        size = config.size
+        self.height, self.width = (size[0], size[0]) if len(size) == 1 else tuple(size)
+
+    def scan(self, folder: Path) -> list[ClipFile]:
+        return scan_folder(folder)
+
+    def clip_at(self, path: Path, clip_id: str) -> ClipFile | None:
+        return clip_file(path, clip_id)
 
     @property
     def channels(self) -> int:

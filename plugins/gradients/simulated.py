@@ -21,34 +21,27 @@ give its value; docs/method.md explains the default of 1.0 (equal energies) and 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.clips import AnalysedClips
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
+from mwga_core.config.checks import at_least
 
 
 @dataclass
 class SimulatedGradientConfig(GradientConfig):
     """Noise amplitude relative to the signal, and the virtual parameter count."""
 
-    noise_scale: float = 1.0
-    virtual_dim: int = 4096
+    noise_scale: float = field(default=1.0, metadata=at_least(0))
+    virtual_dim: int = field(default=4096, metadata=at_least(1))
 
 
 class SimulatedGradient(GradientSource):
     """Eq. 4's noisy embedding of the HOOF descriptor, before projection."""
-
-    def __init__(self, config: SimulatedGradientConfig) -> None:
-        super().__init__(config)
-        if config.noise_scale < 0:
-            raise ConfigValueError("noise_scale", config.noise_scale, "a number >= 0")
-        if config.virtual_dim < 1:
-            raise ConfigValueError("virtual_dim", config.virtual_dim, "an integer >= 1")
 
     def iter_gradients(self, clips: AnalysedClips, ctx: RunContext) -> Iterator[GradientChunk]:
         import torch

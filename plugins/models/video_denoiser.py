@@ -22,14 +22,16 @@ does one in a few tens of milliseconds under bf16 autocast.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mwga_core import hookimpl
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter, ModelConfig
+from mwga_core.config.checks import at_least, one_of, satisfies
 from mwga_core.diffusion.schedules import make_schedule
 
 PARAMETRIZATIONS = ("eps", "v")
+_ODD = satisfies(lambda k: k >= 1 and k % 2 == 1, "an odd integer >= 1")
 
 
 @dataclass
@@ -37,23 +39,23 @@ class VideoDenoiserConfig(ModelConfig):
     """Architecture of the factorised denoiser (the schedule and training live in the base)."""
 
     #: patch side in pixels; H and W must be multiples of it
-    patch: int = 4
+    patch: int = field(default=4, metadata=at_least(1))
     #: feature channels per grid token
-    channels: int = 48
+    channels: int = field(default=48, metadata=satisfies(lambda c: c >= 2 and c % 2 == 0, "an even integer >= 2"))
     #: residual space/time blocks
-    blocks: int = 3
+    blocks: int = field(default=3, metadata=at_least(1))
     #: kernel of the per-frame spatial convolution (odd)
-    spatial_kernel: int = 3
+    spatial_kernel: int = field(default=3, metadata=_ODD)
     #: kernel of the across-frame temporal convolution (odd)
-    temporal_kernel: int = 3
+    temporal_kernel: int = field(default=3, metadata=_ODD)
     #: spatial extent of the temporal convolution (odd; 1 = co-located tokens only)
-    temporal_spatial_kernel: int = 1
+    temporal_spatial_kernel: int = field(default=1, metadata=_ODD)
     #: add self-attention across all frames per grid token after each temporal convolution (0 = off;
     #: otherwise the number of heads, a divisor of channels)
     temporal_attention_heads: int = 0
     #: what the network body predicts: eps (the noise) or v (sqrt(ab) eps - sqrt(1-ab) x0, turned into
     #: eps inside forward as eps = sqrt(ab) v + sqrt(1-ab) x_t, so the x0 estimate stays bounded at high t)
-    parametrization: str = "v"
+    parametrization: str = field(default="v", metadata=one_of(*PARAMETRIZATIONS))
 
 
 def build_denoiser(config: VideoDenoiserConfig, clip_shape: tuple[int, int, int, int], num_classes: int):
@@ -173,29 +175,13 @@ class VideoDenoiserAdapter(ModelAdapter):
 
     def __init__(self, config: VideoDenoiserConfig) -> None:
         super().__init__(config)
-        c = config
-        if c.patch < 1:
-            raise ConfigValueError("patch", c.patch, "an integer >= 1")
-        if c.channels < 2 or c.channels % 2:
-            raise ConfigValueError("channels", c.channels, "an even integer >= 2")
-        if c.blocks < 1:
-            raise ConfigValueError("blocks", c.blocks, "an integer >= 1")
-        if c.temporal_attention_heads < 0 or (
-            c.temporal_attention_heads and c.channels % c.temporal_attention_heads
-        ):
+        heads = config.temporal_attention_heads
+        if heads < 0 or (heads and config.channels % heads):
             raise ConfigValueError(
-                "temporal_attention_heads",
-                c.temporal_attention_heads,
-                f"0 or a divisor of channels={c.channels}",
+                "temporal_attention_heads", heads, f"0 or a divisor of channels={config.channels}"
             )
-        if c.parametrization not in PARAMETRIZATIONS:
-            raise ConfigValueError("parametrization", c.parametrization, f"one of {list(PARAMETRIZATIONS)}")
-        for name in ("spatial_kernel", "temporal_kernel", "temporal_spatial_kernel"):
-            value = getattr(c, name)
-            if value < 1 or value % 2 == 0:
-                raise ConfigValueError(name, value, "an odd integer >= 1")
 
-    def build(self, clip_shape: tuple[int, int, int, int], num_classes: int):
+    def build_fresh(self, clip_shape: tuple[int, int, int, int], num_classes: int):
         return build_denoiser(self.config, clip_shape, num_classes)
 
 

@@ -19,13 +19,13 @@ gives bit-identical features.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.projectors import Projector, ProjectorConfig
+from mwga_core.config.checks import at_least
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 class FastfoodProjectorConfig(ProjectorConfig):
     """P, the number of output dimensions (MOTIVE uses 512)."""
 
-    dim: int = 128
+    dim: int = field(default=128, metadata=at_least(1))
 
 
 def walsh_hadamard_(x: torch.Tensor) -> torch.Tensor:
@@ -75,11 +75,6 @@ def walsh_hadamard_(x: torch.Tensor) -> torch.Tensor:
 
 class FastfoodProjector(Projector):
     """x -> [V_1 x; V_2 x; ...][:P] / sqrt(P) with V_b the seeded Fastfood blocks."""
-
-    def __init__(self, config: FastfoodProjectorConfig) -> None:
-        super().__init__(config)
-        if config.dim < 1:
-            raise ConfigValueError("dim", config.dim, "an integer >= 1")
 
     def project(self, grads, ctx: RunContext):
         """Shape: grads (n, D) -> (n, P) float32 on the device of ``grads``."""

@@ -11,12 +11,13 @@ derived from (run seed, D, P, s, block): nothing of size P x D is ever built.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.projectors import Projector, ProjectorConfig
+from mwga_core.config.checks import at_least
 
 #: input coordinates hashed at once; part of the map's definition, not a tuning knob
 BLOCK_ROWS = 65536
@@ -26,7 +27,7 @@ BLOCK_ROWS = 65536
 class SparseJLProjectorConfig(ProjectorConfig):
     """P, and s: non-zeros per input coordinate (1 = CountSketch; larger s lowers the variance)."""
 
-    dim: int = 128
+    dim: int = field(default=128, metadata=at_least(1))
     sparsity: int = 1
 
 
@@ -35,8 +36,6 @@ class SparseJLProjector(Projector):
 
     def __init__(self, config: SparseJLProjectorConfig) -> None:
         super().__init__(config)
-        if config.dim < 1:
-            raise ConfigValueError("dim", config.dim, "an integer >= 1")
         if not 1 <= config.sparsity <= config.dim:
             raise ConfigValueError("sparsity", config.sparsity, f"an integer from 1 to dim={config.dim}")
 

@@ -10,14 +10,14 @@ noisy but whose nearest clips agree with the query ranks higher. The query side 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError
-from mwga_core.api.scorers import Scorer, ScorerConfig
+from mwga_core.api.scorers import Scorer, ScorerConfig, unit_rows
+from mwga_core.config.checks import at_least
 
 #: training-similarity entries held at once while finding neighbours (rows x N), to bound memory for
 #: large corpora; the result does not depend on it
@@ -28,13 +28,7 @@ NEIGHBOUR_BLOCK_ENTRIES = 2**22
 class CosineScorerConfig(ScorerConfig):
     """``neighbours``: 0 = plain cosine; k > 0 = database-side augmentation with k nearest training clips."""
 
-    neighbours: int = 0
-
-
-def unit_rows(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm; all-zero rows stay zero (their cosine with anything is 0)."""
-    norms = np.linalg.norm(features, axis=-1, keepdims=True)
-    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
+    neighbours: int = field(default=0, metadata=at_least(0, note="0 = plain cosine"))
 
 
 def augment_with_neighbours(unit_train: np.ndarray, neighbours: int) -> np.ndarray:
@@ -64,13 +58,12 @@ def augment_with_neighbours(unit_train: np.ndarray, neighbours: int) -> np.ndarr
 
 class CosineScorer(Scorer):
     """s_qi = <g_q, g_i> / (||g_q|| ||g_i||), mean over the K checkpoints; g_i augmented by its
-    ``neighbours`` nearest training clips when that is > 0."""
+    ``neighbours`` nearest training clips when that is > 0. All-zero rows score 0 with anything.
 
-    def __init__(self, config: CosineScorerConfig) -> None:
-        super().__init__(config)
-        neighbours = config.neighbours
-        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
-            raise ConfigValueError("neighbours", neighbours, "an integer >= 0 (0 = plain cosine)")
+    Searchable by inner product (of unit rows) once the neighbours step is applied: :meth:`per_clip`.
+    """
+
+    searchable_by_inner_product = True
 
     def augmented_train(self, train: np.ndarray) -> np.ndarray:
         """The unit training rows after the ``neighbours`` step (unchanged when it is 0).
@@ -88,6 +81,10 @@ class CosineScorer(Scorer):
         """Shape: query (K, Q, P), train (K, N, P) -> (Q, N) float64."""
         q = unit_rows(query.astype(np.float64))
         return np.einsum("kqp,knp->qn", q, self.augmented_train(train)) / q.shape[0]
+
+    def search_vectors(self, features: np.ndarray) -> np.ndarray:
+        """Unit rows: their inner product is the cosine. Shape: (K, n, P) -> (K, n, P)."""
+        return unit_rows(features)
 
     def per_clip(self, train: np.ndarray, ctx: RunContext) -> tuple[Scorer, np.ndarray]:
         """With ``neighbours``: the augmented training rows and a plain cosine (see :class:`Scorer`)."""

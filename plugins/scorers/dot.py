@@ -19,6 +19,8 @@ class DotScorerConfig(ScorerConfig):
 class DotScorer(Scorer):
     """s_qi = mean_k <phi_q^k, phi_i^k>; unlike cosine, a clip's gradient norm counts."""
 
+    searchable_by_inner_product = True
+
     def score(self, query: np.ndarray, train: np.ndarray, ctx: RunContext) -> np.ndarray:
         q, t = query.astype(np.float64), train.astype(np.float64)
         return np.einsum("kqp,knp->qn", q, t) / q.shape[0]

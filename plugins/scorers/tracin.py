@@ -17,7 +17,7 @@ import numpy as np
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
-from mwga_core.api.scorers import Scorer, ScorerConfig
+from mwga_core.api.scorers import Scorer, ScorerConfig, unit_rows
 
 
 @dataclass
@@ -26,12 +26,6 @@ class TracInScorerConfig(ScorerConfig):
 
     learning_rates: list[float] = field(default_factory=list)
     normalize: bool = False
-
-
-def _unit_rows(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm; all-zero rows stay zero."""
-    norms = np.linalg.norm(features, axis=-1, keepdims=True)
-    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
 
 
 class TracInScorer(Scorer):
@@ -57,7 +51,7 @@ class TracInScorer(Scorer):
             )
         q, t = query.astype(np.float64), train.astype(np.float64)
         if self.config.normalize:
-            q, t = _unit_rows(q), _unit_rows(t)
+            q, t = unit_rows(q), unit_rows(t)
         return np.einsum("k,kqp,knp->qn", np.asarray(rates), q, t)
 
 

@@ -18,22 +18,21 @@ i.e. the pseudo-inverse.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.scorers import Scorer, ScorerConfig
+from mwga_core.config.checks import at_least
 
 
 @dataclass
 class TrakScorerConfig(ScorerConfig):
     """lambda, absolute or relative to the kernel's mean eigenvalue."""
 
-    damping: float = 0.01
+    damping: float = field(default=0.01, metadata=at_least(0, finite=True))
     relative_damping: bool = True
 
 
@@ -59,11 +58,6 @@ def trak_scores(query: np.ndarray, train: np.ndarray, damping: float) -> np.ndar
 
 class TrakScorer(Scorer):
     """TRAK's kernel-corrected inner product, mean over checkpoints."""
-
-    def __init__(self, config: TrakScorerConfig) -> None:
-        super().__init__(config)
-        if not math.isfinite(float(config.damping)) or config.damping < 0:
-            raise ConfigValueError("damping", config.damping, "a finite number >= 0")
 
     def damping_for(self, train: np.ndarray) -> float:
         """lambda for one checkpoint's (N, P) training features."""

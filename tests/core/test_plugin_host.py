@@ -236,7 +236,7 @@ def run_mwga(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProc
     environment = {k: v for k, v in os.environ.items() if k not in (STRICT_ENV, BLOCK_ENV)} | env
     mwga = Path(sys.executable).with_name("mwga")
     return subprocess.run(
-        [str(mwga), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
+        [str(mwga), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=3600
     )
 
 

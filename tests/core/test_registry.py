@@ -7,7 +7,12 @@ from dataclasses import dataclass
 import pytest
 
 from mwga_core import hookimpl
-from mwga_core.api.errors import ConfigValueError, DuplicateComponentError, UnknownComponentError
+from mwga_core.api.errors import (
+    ConfigNameTakenError,
+    ConfigValueError,
+    DuplicateComponentError,
+    UnknownComponentError,
+)
 from mwga_core.plugin_host.registry import ComponentConfig, ComponentKind, Registrar, Registry
 
 
@@ -83,17 +88,28 @@ def test_config_must_be_a_component_config_dataclass(registry: Registry, config:
     assert registry.names() == []
 
 
-def test_duplicate_name_names_both_plugins_and_refuses_the_name(registry: Registry) -> None:
+def test_duplicate_name_names_both_plugins_and_the_first_keeps_it(registry: Registry) -> None:
     Registrar(registry, "first_shop")("round", RoundWidget, WidgetConfig)
     with pytest.raises(DuplicateComponentError) as raised:
         Registrar(registry, "second_shop")("round", RoundWidget, WidgetConfig)
     assert raised.value.plugins == ("first_shop", "second_shop")
     assert "first_shop" in str(raised.value) and "second_shop" in str(raised.value)
-    # Neither plugin's entry may be used silently: the name refuses to resolve at all.
-    with pytest.raises(DuplicateComponentError, match="first_shop.*second_shop"):
-        registry.get("round")
-    with pytest.raises(DuplicateComponentError):
-        registry.build({"name": "round"})
+    # The refused registration changes nothing: the holder's entry still resolves and builds.
+    assert registry.get("round").plugin == "first_shop"
+    assert isinstance(registry.build({"name": "round"}), RoundWidget)
+
+
+def test_a_name_taken_by_a_config_file_is_refused(registry: Registry) -> None:
+    files = Registry(registry.kind, {"motion_recipe": "conf/widgets/motion_recipe.yaml"})
+    with pytest.raises(ConfigNameTakenError) as raised:
+        Registrar(files, "shop")("motion_recipe", RoundWidget, WidgetConfig)
+    message = str(raised.value)
+    assert (
+        "'motion_recipe'" in message and "conf/widgets/motion_recipe.yaml" in message and "'shop'" in message
+    )
+    assert files.names() == []
+    Registrar(files, "shop")("round", RoundWidget, WidgetConfig)  # other names stay free
+    assert files.names() == ["round"]
 
 
 def test_unknown_name_lists_the_known_names(registry: Registry) -> None:
@@ -144,14 +160,13 @@ class DuplicateHoof:
         register("hoof", HoofDescriptor, HoofConfig)
 
 
-def test_host_duplicate_fails_the_newcomer_and_blocks_the_name(host) -> None:
+def test_host_duplicate_fails_the_newcomer_and_the_builtin_keeps_the_name(host) -> None:
     record = host.add_plugin(DuplicateHoof(), "copycat")
     assert record.status == "failed"
     assert "DuplicateComponentError" in record.error and "'hoof'" in record.error
-    assert "copycat" in record.error
-    with pytest.raises(DuplicateComponentError, match="'hoof' and 'copycat'"):
-        host.registry("descriptor").get("hoof")
-    # the rest of the registry keeps working
+    assert "copycat" in record.error and "mwga " in record.error  # the holder's distribution
+    assert host.registry("descriptor").get("hoof").plugin == "hoof"
+    assert host.build("descriptor", {"name": "hoof"}).config.bins == 8
     assert host.registry("descriptor").get("appearance").plugin == "appearance"
 
 

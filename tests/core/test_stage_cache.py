@@ -17,7 +17,8 @@ from mwga_plugins.motion.farneback import FarnebackConfig, FarnebackFlow
 
 from mwga_core import hookimpl
 from mwga_core.pipeline.run import run_attribution
-from mwga_core.storage.stage_cache import StageCache, code_version, module_source_hash
+from mwga_core.storage.keys import code_version, module_source_hash
+from mwga_core.storage.stage_cache import StageCache
 
 MWGA = (
     str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
@@ -63,9 +64,11 @@ def damage(folder: Path, how: str) -> None:
         (folder / "flows.npy").unlink()
     elif how == "shape":
         np.save(folder / "flows.npy", np.zeros((2, 3), dtype=np.float32))
+    elif how == "altered":  # a valid array of the right shape and dtype: only the checksum tells
+        np.save(folder / "flows.npy", np.zeros((4, 3), dtype=np.float32))
 
 
-@pytest.mark.parametrize("how", ["truncated", "manifest", "missing", "shape"])
+@pytest.mark.parametrize("how", ["truncated", "manifest", "missing", "shape", "altered"])
 def test_a_damaged_entry_is_a_miss_with_a_warning_naming_it(tmp_path: Path, how: str) -> None:
     warnings: list[str] = []
     cache = StageCache(tmp_path, warn=warnings.append)
@@ -220,7 +223,7 @@ def test_cached_and_uncached_runs_write_identical_results(tmp_path: Path) -> Non
     for number, switch in enumerate(("cache.enabled=false", "cache.enabled=true", "cache.enabled=true")):
         args = ["method=ours_simulated", "dataset.num_clips=30", f"hydra.run.dir=run-{number}", switch]
         done = subprocess.run(
-            [MWGA, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+            [MWGA, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600
         )
         assert done.returncode == 0, done.stderr[-3000:]
         results.append((tmp_path / f"run-{number}" / "results.json").read_bytes())
@@ -243,3 +246,22 @@ def test_a_run_with_a_damaged_flows_entry_warns_and_recomputes(spied, ctx, caplo
     assert any(str(entry) in record.getMessage() for record in caplog.records)
     assert CALLS["flows"] == 3  # the damaged split only
     np.testing.assert_array_equal(second.scores, first.scores)
+
+
+def test_altered_cached_scores_are_detected_and_recomputed(spied, ctx, caplog) -> None:
+    """All-zero scores written over a cached entry (a valid .npy) are caught by the manifest's checksum."""
+    import logging
+
+    first = run_attribution(spied(), ctx)
+    (entry,) = (ctx.cache_dir / "stages" / "scores").iterdir()
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert len(manifest["arrays"]["scores"]["checksum"]) == 32
+    np.save(entry / "scores.npy", np.zeros_like(first.scores))
+    with caplog.at_level(logging.WARNING, logger="mwga"):
+        second = run_attribution(spied(), ctx)
+    assert any(str(entry) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(second.scores, first.scores)
+    assert ctx.stage_log[-1]["status"] == "computed"
+    # the recomputed entry is whole again: a third run reads it
+    np.testing.assert_array_equal(run_attribution(spied(), ctx).scores, first.scores)
+    assert ctx.stage_log[-1]["status"] == "cached"

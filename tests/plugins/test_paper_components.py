@@ -10,7 +10,8 @@ import torch
 from mwga_plugins.descriptors.hoof import HoofConfig, HoofDescriptor, hoof_histograms
 from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradientConfig
 from mwga_plugins.motion.farneback import FarnebackConfig, FarnebackFlow
-from mwga_plugins.projectors.gaussian import BLOCK_ROWS, GaussianProjector, GaussianProjectorConfig
+from mwga_plugins.projectors.dense_jl import BLOCK_ROWS
+from mwga_plugins.projectors.gaussian import GaussianProjector, GaussianProjectorConfig
 from mwga_plugins.scorers.cosine import CosineScorer, CosineScorerConfig
 from mwga_plugins.scorers.random import RandomScorer, RandomScorerConfig
 

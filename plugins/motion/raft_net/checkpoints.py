@@ -196,10 +196,19 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): a truncated download or copy? Download or train it again."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({error})") from None
+        # Some failures carry no message (an EOFError): name the exception so the reason is never "()".
+        reason = str(error).strip() or type(error).__name__
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint; the file may be truncated or not a .pth "
+            f"file ({reason})"
+        ) from None
     state = strip_prefix(_unwrap(obj, path))
     layout = detect_layout(state)
     if layout == "torchvision":

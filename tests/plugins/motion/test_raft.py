@@ -160,6 +160,26 @@ def test_variant_mismatch_and_non_checkpoints_are_refused(tmp_path, small_checkp
     assert issubclass(CheckpointError, DataError)
 
 
+def test_an_empty_checkpoint_is_named_and_called_empty(tmp_path):
+    empty = tmp_path / "raft-things.pth"
+    empty.touch()
+    with pytest.raises(CheckpointError) as error:
+        load_raft(empty)
+    assert str(error.value).startswith(f"{empty} is empty (0 bytes)")
+    assert "truncated" in str(error.value)
+
+
+def test_a_truncated_checkpoint_is_named_and_the_reason_is_never_blank(tmp_path, small_checkpoint):
+    data = small_checkpoint.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as error:
+        load_raft(cut)
+    message = str(error.value)
+    assert message.startswith(f"{cut}: cannot be read as a PyTorch checkpoint") and "truncated" in message
+    assert "()" not in message
+
+
 # --- correlation lookup, padding, upsampling --------------------------------------------------------
 
 
@@ -338,3 +358,20 @@ def test_mwga_motion_raft_without_checkpoint_explains_itself(tmp_path):
     )
     assert result.returncode == 2
     assert "motion.checkpoint" in result.stderr
+
+
+def test_mwga_with_an_empty_checkpoint_names_the_file(tmp_path):
+    empty = tmp_path / "raft-small.pth"
+    empty.touch()
+    result = _mwga(
+        "method=ours_simulated",
+        "motion=raft",
+        f"motion.checkpoint={empty}",
+        "dataset.num_clips=12",
+        "dataset.num_frames=3",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = " ".join(result.stderr.split())  # the console wraps long lines (a long path mid-word)
+    assert "raft-small.pth is empty (0 bytes)" in message
+    assert "Traceback" not in result.stderr

@@ -214,7 +214,7 @@ PROCESS_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def other_process_report() -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", PROCESS_SCRIPT], capture_output=True, text=True, timeout=300, check=True
+        [sys.executable, "-c", PROCESS_SCRIPT], capture_output=True, text=True, timeout=3600, check=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -1,0 +1,246 @@
+"""Per-example gradient engines: one gradient row per example, for a subset of a module's parameters.
+
+An engine differentiates a per-example :class:`Objective` (what is differentiated, see
+:mod:`mwga_core.diffusion.objectives`) of a batch of examples with respect to
+:class:`SelectedParameters` and returns, for every example i,
+
+    G[i] = d objective_i / d theta_selected,  flattened parameter by parameter in the selection's order.
+
+* :class:`VmapEngine`: ``torch.func.vmap(grad(...))`` over ``functional_call``; works for any module.
+* :class:`BatchedEngine`: one batched forward and backward per chunk of examples and objective term, each
+  example's weight gradient in closed form (:mod:`mwga_core.diffusion.per_sample`). It needs layers that
+  keep examples apart; it never back-propagates below the first selected layer and can split each
+  weight gradient by output position (``position_cells``).
+* :class:`CheckedEngine`: the batched engine, checked once against the vmap engine on two examples.
+
+An objective is a mean of ``num_terms`` terms (e.g. diffusion timesteps): the batched engine
+differentiates one term at a time, so only one term's activations are alive at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from mwga_core.api.errors import ConfigValueError
+
+if TYPE_CHECKING:
+    import torch
+
+#: the module with the selected parameters swapped in: forward(x_t, t, labels) -> prediction
+Forward = Callable[..., "torch.Tensor"]
+#: largest relative difference from the vmap engine the batched engine may show on its first two examples
+ENGINE_CHECK_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ExampleBatch:
+    """Examples to differentiate, one row each, in model space.
+
+    Shape:
+        x0: (n, C, T, H, W) clean clips.
+        labels: (n,) int64 classes.
+        weight: None, or a per-example loss weight (n, 1, T', H', W') (e.g. the motion mask).
+    """
+
+    x0: torch.Tensor
+    labels: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.x0.shape[0])
+
+    def rows(self, index: slice) -> ExampleBatch:
+        """The examples ``index`` selects (views)."""
+        weight = None if self.weight is None else self.weight[index]
+        return ExampleBatch(self.x0[index], self.labels[index], weight)
+
+
+class Objective(Protocol):
+    """A per-example objective: the mean over ``num_terms`` terms of a per-example output."""
+
+    num_terms: int
+
+    def __call__(self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None) -> torch.Tensor:
+        """The ``terms``' share of the objective (all terms by default). Shape: returns (n,)."""
+
+
+@dataclass(frozen=True)
+class SelectedParameters:
+    """A module split into the parameters to differentiate and everything else (frozen).
+
+    Attributes:
+        module: the model.
+        names: the selected parameters' names, in the module's order (the gradient's column order).
+        params: name -> detached selected parameter.
+        frozen: name -> detached other parameter or buffer.
+    """
+
+    module: torch.nn.Module
+    names: list[str]
+    params: dict[str, torch.Tensor]
+    frozen: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, module: torch.nn.Module, names: Sequence[str]) -> SelectedParameters:
+        chosen = set(names)
+        params = {n: p.detach() for n, p in module.named_parameters() if n in chosen}
+        frozen = {n: p.detach() for n, p in module.named_parameters() if n not in chosen}
+        frozen.update(dict(module.named_buffers()))
+        return cls(module, list(names), params, frozen)
+
+    def sizes(self, cells: int = 1) -> list[int]:
+        """Gradient columns per selected parameter (times ``cells`` position cells)."""
+        return [self.params[name].numel() * cells for name in self.names]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every engine shares.
+
+    Attributes:
+        chunk_size: examples per vmap chunk / batched pass (memory vs speed).
+        bf16: bfloat16 autocast in the forward pass.
+        device_type: ``cpu`` or ``cuda``, for autocast.
+    """
+
+    chunk_size: int = 16
+    bf16: bool = False
+    device_type: str = "cpu"
+
+    def autocast(self) -> AbstractContextManager:
+        import torch
+
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+@dataclass(frozen=True)
+class VmapEngine(EngineSettings):
+    """``torch.func.vmap(grad(objective))`` per example, ``chunk_size`` examples at a time."""
+
+    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes summed."""
+        import torch
+        from torch.func import functional_call, grad, vmap
+
+        module, frozen = selection.module, selection.frozen
+
+        def one(params: dict, x0: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None):
+            def forward(*args):
+                with self.autocast():
+                    return functional_call(module, (params, frozen), args)
+
+            w = None if weight is None else weight[None]
+            return objective(forward, ExampleBatch(x0[None], label[None], w)).sum()
+
+        in_dims = (None, 0, 0, None if batch.weight is None else 0)
+        per_example = vmap(grad(one), in_dims=in_dims, chunk_size=self.chunk_size)(
+            selection.params, batch.x0, batch.labels, batch.weight
+        )
+        return torch.cat([per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1).detach()
+
+
+@dataclass(frozen=True)
+class BatchedEngine(EngineSettings):
+    """One batched forward and backward per (chunk, term) (:func:`~.per_sample.per_sample_gradients`).
+
+    Attributes:
+        position_cells: r > 1 splits each weight gradient by where in the layer's output it comes from,
+            over an r x r grid of the output's last two dims (Conv/GroupNorm layers): r^2 columns blocks
+            per parameter, which sum to its whole gradient.
+    """
+
+    position_cells: int = 1
+
+    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (times r^2) summed."""
+        import torch
+
+        from mwga_core.diffusion.per_sample import per_sample_gradients
+
+        sizes = selection.sizes(self.position_cells**2)
+        out = torch.zeros((len(batch), sum(sizes)), dtype=torch.float32, device=batch.x0.device)
+        for first in range(0, len(batch), self.chunk_size):
+            rows = slice(first, first + self.chunk_size)
+            chunk = batch.rows(rows)
+            for k in range(objective.num_terms):
+
+                def losses(forward: Forward, chunk: ExampleBatch = chunk, k: int = k) -> torch.Tensor:
+                    return objective(forward, chunk, terms=[k])
+
+                grads = per_sample_gradients(
+                    selection.module,
+                    selection.params,
+                    selection.frozen,
+                    losses,
+                    len(chunk),
+                    self.autocast,
+                    self.position_cells,
+                )
+                # each chunk's gradients go straight into their rows of the (n, D) result
+                for name, column in zip(selection.names, out[rows].split(sizes, dim=1), strict=True):
+                    column += grads[name].reshape(column.shape)
+        return out
+
+
+class CheckedEngine:
+    """The batched engine, whose first call is checked against the vmap engine on two examples.
+
+    The batched engine relies on the model keeping examples apart (see :mod:`.per_sample`); rather than
+    trust that silently, the first call computes two examples both ways in float32 and raises a
+    :class:`ConfigValueError` naming ``field`` when they differ by more than ``tolerance`` (relative).
+    """
+
+    def __init__(
+        self,
+        fast: BatchedEngine,
+        reference: VmapEngine,
+        tolerance: float = ENGINE_CHECK_TOLERANCE,
+        field: str = "gradient.engine",
+    ) -> None:
+        self.fast, self.reference, self.tolerance, self.field = fast, reference, tolerance, field
+        self.checked = False
+
+    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+        """As :meth:`BatchedEngine.gradients`."""
+        if not self.checked:
+            self._check(selection, objective, batch)
+            self.checked = True
+        return self.fast.gradients(selection, objective, batch)
+
+    def _check(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> None:
+        import torch
+
+        k = min(2, len(batch))
+        few = batch.rows(slice(0, k))
+        fast = dataclasses.replace(self.fast, bf16=False).gradients(selection, objective, few)
+        cells = self.fast.position_cells**2
+        if cells > 1:  # the cells of each parameter sum to its whole gradient
+            parts = fast.split(selection.sizes(cells), dim=1)
+            fast = torch.cat([part.reshape(k, cells, -1).sum(1) for part in parts], 1)
+        exact = dataclasses.replace(self.reference, bf16=False).gradients(selection, objective, few)
+        error = float(((fast - exact).norm(dim=1) / exact.norm(dim=1).clamp_min(1e-30)).max())
+        if error > self.tolerance:
+            raise ConfigValueError(
+                self.field,
+                "batched",
+                f"vmap: on this model the batched gradients differ from torch.func's by {error:.2g} "
+                "(relative), so some layer mixes samples or takes its batch elsewhere than dim 0",
+            )
+
+
+#: what :func:`make_engine` returns
+Engine = VmapEngine | BatchedEngine | CheckedEngine
+#: the names :func:`make_engine` knows
+ENGINE_NAMES = ("batched", "vmap")
+
+
+def make_engine(name: str, settings: EngineSettings, position_cells: int = 1) -> Engine:
+    """The engine called ``name``: ``vmap``, or ``batched`` (checked against vmap on its first call)."""
+    plain = dataclasses.asdict(settings)
+    if name == "vmap":
+        return VmapEngine(**plain)
+    return CheckedEngine(BatchedEngine(**plain, position_cells=position_cells), VmapEngine(**plain))

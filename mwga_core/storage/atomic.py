@@ -1,0 +1,87 @@
+"""The one way mwga writes files and takes locks, for every store (stage cache, model store, index).
+
+Atomic writes: a file is written under a temporary name in its own folder and moved onto its final name
+with :func:`os.replace`, so a reader (or a run killed mid-write) only ever sees the old file or the whole
+new one, never a partial file. There is no fsync: the guarantee is against crashes of mwga, not of the
+machine. Temporary names start with ``.`` and end in ``.tmp`` (``mwga cache clear`` removes stale ones).
+
+Locks: :func:`entry_lock` is an inter-process lock (:mod:`filelock`) on a hidden ``.<name>.lock`` file
+beside the path it guards. Lock files stay behind after release (deleting one while another process
+waits on it would let two processes in at once); they are a few bytes each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+#: suffix of lock files (``.<name>.lock``)
+LOCK_SUFFIX = ".lock"
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (same folder, so :func:`os.replace` is a rename)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (``default=str`` for paths and the like)."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=str)
+    write_bytes_atomic(path, text.encode())
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file to ``path`` atomically (never pickled)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file that guards ``path``: ``.<name>.lock`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def entry_lock(path: Path, timeout: float = -1) -> Iterator[None]:
+    """Hold the inter-process lock of ``path`` (a file or folder, which need not exist) for the block.
+
+    Args:
+        path: what the lock guards; the lock file is :func:`lock_path` of it (its folder is created).
+        timeout: seconds to wait, -1 (default) to wait as long as it takes; on expiry
+            :class:`filelock.Timeout` is raised.
+
+    The lock is not reentrant across calls: do not take the same path's lock twice in one block.
+    """
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_file, timeout=timeout):
+        yield
