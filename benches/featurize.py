@@ -50,7 +50,7 @@ def _setup(args):
     adapter = host.build("model", {"name": "video_denoiser"})
     clip_shape = tuple(int(s) for s in corpus.train.frames.shape[1:])
     torch.manual_seed(0)
-    module = adapter.build(clip_shape, len(corpus.class_names)).to(args.device).eval()
+    module = adapter.build_fresh(clip_shape, len(corpus.class_names)).to(args.device).eval()
     return host, ctx, corpus, adapter, module, clip_shape
 
 
@@ -59,7 +59,7 @@ def run_mwga(args) -> dict:
     from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 
     from mwga_core.api.clips import AnalysedClips
-    from mwga_core.diffusion.training import TrainedModel
+    from mwga_core.storage.model_store import model_from_module
 
     host, ctx, corpus, adapter, module, clip_shape = _setup(args)
     source = DiffusionGradient(
@@ -73,10 +73,8 @@ def run_mwga(args) -> dict:
             engine=args.engine,
         )
     )
-    source.bind_model(adapter)
-    trained = TrainedModel(adapter, clip_shape, len(corpus.class_names), ctx.cache_dir, [1], {}, False)
-    trained.module = lambda step=None, device="cpu": module  # the seeded weights, no training
-    source.trained = trained
+    # the seeded weights, no training
+    source.bind_model(model_from_module(adapter, module, clip_shape, len(corpus.class_names)))
     projector = host.build("projection", {"name": args.projector, "dim": args.proj_dim})
     clips = AnalysedClips(clips=corpus.train.subset(np.arange(args.clips)))
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
 from rich.console import Console
 
 from mwga_core.api.context import RunContext
+from mwga_core.config.schema import MwgaConfig
 from mwga_core.plugin_host.host import PluginHost, get_host, reset_host
 
 
@@ -37,22 +37,15 @@ def host() -> Iterator[PluginHost]:
 
 
 @pytest.fixture
-def compose_config(host: PluginHost) -> Callable[..., DictConfig]:
-    """``compose_config(*overrides)``: the run config Hydra composes for ``mwga <overrides>``.
+def compose_config(host: PluginHost) -> Callable[..., MwgaConfig]:
+    """``compose_config(*overrides)``: the typed run config ``mwga <overrides>`` runs.
 
     The ConfigStore is filled from ``host`` at call time, so plugins added with ``host.add_plugin``
     before the call appear as config options.
     """
-    from hydra import compose, initialize_config_module
+    from mwga_core.config.compose import compose
 
-    from mwga_core.config.schema import register_configs
-
-    def compose_with(*overrides: str) -> DictConfig:
-        register_configs(host)
-        with initialize_config_module("mwga_conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    return compose_with
+    return lambda *overrides: compose(overrides, host=host)
 
 
 @pytest.fixture

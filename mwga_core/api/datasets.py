@@ -20,6 +20,7 @@ import numpy as np
 
 from mwga_core.api.clips import Corpus
 from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.config.checks import check_fields
 from mwga_core.plugin_host.registry import ComponentConfig
 
@@ -108,3 +109,15 @@ class ClipReader(Dataset):
     @abstractmethod
     def label_names(self, clips: list[ClipFile], split: str) -> list[str | None]:
         """Each clip's class name (``split``: ``train`` or ``query``), None where unknown."""
+
+
+def require_clip_reader(dataset: Dataset) -> ClipReader:
+    """``dataset`` when it reads clip files; otherwise a ConfigValueError naming it."""
+    if not isinstance(dataset, ClipReader):
+        raise ConfigValueError(
+            "dataset",
+            dataset.config.name,
+            "a dataset that reads clip files (one implementing mwga_core.api.datasets.ClipReader, "
+            "e.g. dataset=video_folder)",
+        )
+    return dataset

@@ -29,7 +29,6 @@ Built-in implementations (``plugins/models``):
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -98,7 +97,7 @@ class ModelConfig(ComponentConfig):
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-class ModelAdapter(ABC):
+class ModelAdapter:
     """Builds a denoiser and says how to noise, score and sample it. See the module docstring."""
 
     def __init__(self, config: ModelConfig) -> None:

@@ -1,9 +1,12 @@
 """``mwga cache info|clear``: what the cache folder holds, and removing it (all, one stage, or old entries).
 
 The cache folder is ``--dir``, else ``$MWGA_CACHE_DIR``, else ``~/.cache/mwga`` (``cache.dir``'s default).
-It holds the stage cache (``stages/<stage>/<key>/``, :mod:`mwga_core.storage.stage_cache`), the feature store
-(``features/<key>/``), trained models (``models/<key>/``) and whatever other folders mwga keeps there;
-each folder (or file) directly inside one of them is one *entry*.
+It holds the stage cache (``stages/<stage>/<key>/``, :mod:`mwga_core.storage.stage_cache`, the projected
+features included: ``stages/features/``), trained models (``models/<key>/``) and whatever other folders
+mwga keeps there; each folder (or file) directly inside one of them is one *entry*. Hidden names are not
+entries: writers' temporary folders (``.tmp-*``, removed by ``clear`` once an hour old), the features
+being filled (``.partial-<key>``, resumable; removed by ``clear`` when no run holds their lock) and the
+entries' lock files (``.<key>.lock``, removed by ``clear`` when free and their entry is gone).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.config.schema import default_cache_dir
+from mwga_core.storage.atomic import LOCK_SUFFIX, lock_is_free, remove_free_lock
 from mwga_core.storage.stage_cache import OTHER_CACHES, STAGES
 
 #: temporary folders of writers that died are removed by ``clear`` once they are this old
@@ -42,10 +47,6 @@ class CacheSummary:
     bytes: int
     oldest: str | None
     newest: str | None
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MWGA_CACHE_DIR") or "~/.cache/mwga").expanduser()
 
 
 def _measure(path: Path) -> Entry:
@@ -74,7 +75,8 @@ def cache_folders(root: Path) -> dict[str, Path]:
     folders.update({name: root / name for name in OTHER_CACHES})
     if root.is_dir():
         for other in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "stages"):
-            folders.setdefault(other.name, other)
+            # e.g. the top-level features/ of mwga versions before the features stage
+            folders.setdefault(other.name if other.name not in STAGES else f"{other.name} (top level)", other)
     return folders
 
 
@@ -118,11 +120,32 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} TB"
 
 
+def _hidden_removable(path: Path, entry: Entry) -> bool:
+    """Whether ``clear`` may remove a hidden (non-entry) item: nobody is writing it."""
+    if path.name.startswith(".partial-"):  # resumable features: in use exactly while locked
+        return lock_is_free(path.with_name(path.name.removeprefix(".partial-")))
+    return entry.modified <= time.time() - STALE_TEMP_SECONDS  # a writer may still be filling it
+
+
+def _remove(path: Path) -> bool:
+    """Delete a file or folder; False when (part of) it could not be deleted (e.g. a read-only cache)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            return False
+    return not path.exists()
+
+
 def clear(root: Path, stage: str | None = None, older_than_days: float | None = None) -> dict[str, dict]:
     """Remove the entries of every cache (or of ``stage``), or only those older than the given days.
 
-    Stale temporary folders of writers that died (older than an hour) go too. Returns
-    ``name -> {"entries": n, "bytes": b}`` of what was removed.
+    Stale temporary folders of writers that died (older than an hour), features being filled that no
+    run holds, and free lock files of removed entries go too; a file where a cache folder should be is
+    removed as one entry. Returns ``name -> {"entries": n, "bytes": b, "failed": [paths]}`` of what was
+    removed (``failed``: what could not be deleted, e.g. in a read-only cache).
     """
     folders = cache_folders(root)
     if stage is not None:
@@ -132,19 +155,25 @@ def clear(root: Path, stage: str | None = None, older_than_days: float | None = 
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
     freed: dict[str, dict] = {}
     for name, folder in folders.items():
-        removed = {"entries": 0, "bytes": 0}
-        for entry in entries(folder, include_temp=True):
-            temp = entry.path.name.startswith(".")
-            if temp and entry.modified > time.time() - STALE_TEMP_SECONDS:
-                continue  # a writer may still be filling it
+        removed: dict = {"entries": 0, "bytes": 0, "failed": []}
+        found = [_measure(folder)] if folder.is_file() else entries(folder, include_temp=True)
+        for entry in found:
+            hidden = entry.path.name.startswith(".")
+            if entry.path.name.endswith(LOCK_SUFFIX):
+                continue  # after the entries, below
+            if hidden and not _hidden_removable(entry.path, entry):
+                continue
             if cutoff is not None and entry.modified >= cutoff:
                 continue
-            if entry.path.is_dir():
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                entry.path.unlink(missing_ok=True)
-            removed["entries"] += 0 if temp else 1
+            if not _remove(entry.path):
+                removed["failed"].append(str(entry.path))
+                continue
+            removed["entries"] += 0 if hidden else 1
             removed["bytes"] += entry.bytes
+        for lock_file in folder.glob(f".*{LOCK_SUFFIX}") if folder.is_dir() else []:
+            guarded = lock_file.with_name(lock_file.name[1 : -len(LOCK_SUFFIX)])
+            if not guarded.exists() and not guarded.with_name(f".partial-{guarded.name}").exists():
+                remove_free_lock(guarded)
         freed[name] = removed
     return freed
 
@@ -192,6 +221,15 @@ def cache_command(args: list[str]) -> int:
                 )
         count = sum(f["entries"] for f in freed.values())
         console.print(f"freed {human_bytes(total)} ({count} entries) in {root}", highlight=False)
+        failed = [path for f in freed.values() for path in f["failed"]]
+        if failed:
+            console.print(
+                f"[yellow]warning:[/] could not delete {len(failed)} entries (permissions?): "
+                + ", ".join(failed[:3])
+                + (" ..." if len(failed) > 3 else ""),
+                highlight=False,
+            )
+            return 1
         return 0
     summaries = summarise(root)
     if options.stage is not None:

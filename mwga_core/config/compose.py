@@ -59,6 +59,10 @@ def to_typed(cfg: DictConfig) -> MwgaConfig:
 
     Refuses keys no dataclass declares, missing values and out-of-range fields, each in one line.
     """
+    for group in COMPONENT_GROUPS:
+        chosen = group in cfg and not OmegaConf.is_missing(cfg, group)
+        if chosen and not dataclasses.is_dataclass(OmegaConf.get_type(cfg, group)):
+            raise ConfigCompositionError(f"{group}: no component chosen; pick one with {group}=<name>")
     _refuse_unknown_keys(cfg, "")
     try:
         typed = OmegaConf.to_object(cfg)
@@ -77,26 +81,30 @@ def from_container(data: dict[str, Any], *, host: PluginHost) -> MwgaConfig:
     the same checks as a freshly composed one.
     """
     node = OmegaConf.structured(MwgaConfig)
+    groups = {
+        key: value for key, value in data.items() if key in COMPONENT_GROUPS and isinstance(value, dict)
+    }
     try:
-        for key, value in data.items():
-            if key in COMPONENT_GROUPS and isinstance(value, dict):
-                schema = host.registry(key).get(value["name"]).config
-                node[key] = OmegaConf.merge(OmegaConf.structured(schema), value)
-            else:
-                node[key] = value
+        for group, value in groups.items():
+            schema = host.registry(group).get(value["name"]).config
+            node[group] = OmegaConf.merge(OmegaConf.structured(schema), value)
+        node = OmegaConf.merge(node, {key: value for key, value in data.items() if key not in groups})
     except COMPOSITION_ERRORS as error:
         raise ConfigCompositionError(composition_message(error)) from None
     return to_typed(node)
 
 
 def _refuse_unknown_keys(node: DictConfig, path: str) -> None:
-    """Hydra's ``+key=value`` adds a key to a typed node; a key its dataclass lacks is refused here."""
+    """Hydra's ``+key=value`` adds a key to a typed node and ``~group`` empties a group; a key the
+    node's dataclass lacks and a value left missing are refused here."""
     schema = OmegaConf.get_type(node)
     known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     for key, child in node.items_ex(resolve=False):
         where = f"{path}{key}"
         if known is not None and key not in known:
             raise ConfigCompositionError(unknown_field_message(where, schema))
+        if OmegaConf.is_missing(node, key):
+            raise ConfigCompositionError(f"{where}: no value; give it one, e.g. {where}=<option or value>")
         if isinstance(child, DictConfig):
             _refuse_unknown_keys(child, f"{where}.")
 

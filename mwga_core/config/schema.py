@@ -33,7 +33,7 @@ class CacheConfig:
     """Where reusable artefacts live (trained models, features, stage outputs) and what is kept."""
 
     dir: str = "${oc.env:MWGA_CACHE_DIR,'~/.cache/mwga'}"
-    #: keep every stage's output (dataset, flows, descriptors, gradients, scores) in <dir>/stages/ and
+    #: keep every stage's output (dataset, flows, descriptors, gradients, features, scores) in <dir>/stages/ and
     #: reuse it when the stage's config, inputs and code are unchanged (mwga_core/storage/stage_cache.py)
     enabled: bool = True
     #: also keep the unprojected gradients (K x N x D float32 per split), so a projection sweep reuses them
@@ -67,7 +67,8 @@ class MwgaConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: write every query's full ranking to rankings.csv
     save_rankings: bool = True
-    #: keep projected features in <cache.dir>/features/ and resume an interrupted featurization there
+    #: keep projected features in the stage cache (<cache.dir>/stages/features/, when cache.enabled) and
+    #: resume an interrupted featurization there
     feature_store: bool = True
     #: query clips: heldout (the dataset's real query clips) or generated (sampled from the trained
     #: model, dataset.queries_per_pattern per class; needs a gradient source with a model)
@@ -78,7 +79,7 @@ class MwgaConfig:
     #: executor=ray: the cluster to join (auto, host:6379, ray://host:10001); empty starts a local one
     ray_address: str = ""
     #: executor=ray: Ray actors featurizing at once; 0 = one per CPU of the cluster
-    ray_num_workers: int = field(default=0, metadata=at_least(0))
+    ray_num_workers: int = field(default=0, metadata=at_least(0, note="0 = one per cluster CPU"))
     #: executor=ray: most clips per chunk sent to a worker (each chunk is written to the feature store)
     ray_chunk_clips: int = field(default=256, metadata=at_least(1))
 

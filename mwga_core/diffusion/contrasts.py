@@ -117,7 +117,11 @@ class LossRegions:
 
         def per_cell(batch: ExampleBatch) -> torch.Tensor:
             x0 = batch.x0
-            base = torch.ones((x0.shape[0], 1, 1, 1, 1), device=x0.device) if batch.weight is None else batch.weight
+            base = (
+                torch.ones((x0.shape[0], 1, 1, 1, 1), device=x0.device)
+                if batch.weight is None
+                else batch.weight
+            )
             cells = [gradient(ExampleBatch(x0, batch.labels, base * mask.to(x0.device))) for mask in masks]
             return torch.cat(cells, dim=1)
 

@@ -64,7 +64,9 @@ class Objective(Protocol):
 
     num_terms: int
 
-    def __call__(self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(
+        self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """The ``terms``' share of the objective (all terms by default). Shape: returns (n,)."""
 
 
@@ -121,7 +123,9 @@ class EngineSettings:
 class VmapEngine(EngineSettings):
     """``torch.func.vmap(grad(objective))`` per example, ``chunk_size`` examples at a time."""
 
-    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+    def gradients(
+        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+    ) -> torch.Tensor:
         """Shape: returns (n, D) float32, D = the selected parameters' sizes summed."""
         import torch
         from torch.func import functional_call, grad, vmap
@@ -140,7 +144,9 @@ class VmapEngine(EngineSettings):
         per_example = vmap(grad(one), in_dims=in_dims, chunk_size=self.chunk_size)(
             selection.params, batch.x0, batch.labels, batch.weight
         )
-        return torch.cat([per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1).detach()
+        return torch.cat(
+            [per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1
+        ).detach()
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,9 @@ class BatchedEngine(EngineSettings):
 
     position_cells: int = 1
 
-    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+    def gradients(
+        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+    ) -> torch.Tensor:
         """Shape: returns (n, D) float32, D = the selected parameters' sizes (times r^2) summed."""
         import torch
 
@@ -204,7 +212,9 @@ class CheckedEngine:
         self.fast, self.reference, self.tolerance, self.field = fast, reference, tolerance, field
         self.checked = False
 
-    def gradients(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> torch.Tensor:
+    def gradients(
+        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+    ) -> torch.Tensor:
         """As :meth:`BatchedEngine.gradients`."""
         if not self.checked:
             self._check(selection, objective, batch)

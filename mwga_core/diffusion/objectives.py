@@ -48,7 +48,9 @@ class DiffusionLoss:
 
     adapter: ModelAdapter
 
-    def __call__(self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.adapter.per_example_loss(prediction, noise, weight)
 
 
@@ -58,7 +60,9 @@ class DTrakOutput:
 
     adapter: ModelAdapter
 
-    def __call__(self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.Tensor:
         masked = prediction if weight is None else prediction.float() * weight.sqrt()
         return self.adapter.dtrak_output(masked)
 
@@ -89,7 +93,9 @@ class DiffusionObjective:
     def num_terms(self) -> int:
         return len(self.timesteps)
 
-    def __call__(self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(
+        self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """The timesteps ``terms``' share of the mean over all K timesteps (all by default). -> (n,)."""
         total = 0.0
         for k in range(self.num_terms) if terms is None else terms:
@@ -111,7 +117,9 @@ def shared_noise(
 
     t, h, w, c = clip_shape
     return [
-        torch.randn((c, t, h, w), generator=torch.Generator().manual_seed(ctx.seed_for("diffusion-noise", k, ts)))
+        torch.randn(
+            (c, t, h, w), generator=torch.Generator().manual_seed(ctx.seed_for("diffusion-noise", k, ts))
+        )
         for k, ts in enumerate(timesteps)
     ]
 

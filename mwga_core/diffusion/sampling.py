@@ -64,7 +64,11 @@ def sample_per_class(
 
 
 def generated_queries(
-    model: TrainedModel, class_names: list[str], per_class: int, ctx: RunContext, context: ClipSet | None = None
+    model: TrainedModel,
+    class_names: list[str],
+    per_class: int,
+    ctx: RunContext,
+    context: ClipSet | None = None,
 ) -> ClipSet:
     """``query=generated``: ``per_class`` query clips per class sampled from ``model``.
 

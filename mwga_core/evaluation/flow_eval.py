@@ -1,4 +1,4 @@
-"""Flow accuracy against the benchmark's exact ground truth: ``mwga flow-eval``.
+"""Flow accuracy against a dataset's exact ground truth (``mwga flow-eval``, :mod:`mwga_core.cli.flow_eval`).
 
 For each estimator and motion pattern it reports the average endpoint error (EPE, the mean over pixels
 of ``||flow - gt||`` in px) and the 1/3/5-px accuracies (the fraction of pixels whose endpoint error is
@@ -13,7 +13,6 @@ destination stays inside the frame with room to spare. ``--border 0`` evaluates 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
@@ -122,71 +121,23 @@ def evaluate_estimator(
     return scores, flows
 
 
-# -- estimator specs and overrides ---------------------------------------------------------------
+# -- estimator specs ---------------------------------------------------------------------------------
 
 
-def parse_estimator_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``dis:preset=fast:finest_scale=0`` -> (``dis``, {preset: fast, finest_scale: 0})."""
-    import yaml
+def estimator_overrides(spec: str) -> tuple[str, list[str]]:
+    """``dis:preset=fast:finest_scale=0`` -> (``dis``, [``motion=dis``, ``motion.preset=fast``, ...]).
 
+    The overrides choose the estimator and set its fields the way ``mwga motion=dis motion.preset=fast``
+    does, so they are checked like any other override.
+    """
     name, *assignments = spec.strip().split(":")
-    fields = {}
+    overrides = [f"motion={name.strip()}"]
     for assignment in assignments:
         if "=" not in assignment:
             raise MwgaUserError(f"--estimators entry {spec!r}: {assignment!r} is not FIELD=VALUE.")
         key, value = assignment.split("=", 1)
-        fields[key.strip()] = yaml.safe_load(value)
-    return name, fields
-
-
-def parse_set_overrides(assignments: list[str]) -> dict[str, dict[str, Any]]:
-    """``["motion.checkpoint=x", "dis.preset=fast", "dataset.size=64"]`` -> {target: {field: value}}.
-
-    ``motion.FIELD`` applies to every estimator whose config has FIELD; ``NAME.FIELD`` to estimator NAME
-    only; ``dataset.FIELD`` to the benchmark.
-    """
-    import yaml
-
-    overrides: dict[str, dict[str, Any]] = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        target, dot, field_name = key.partition(".")
-        if not sep or not dot or not field_name:
-            raise MwgaUserError(
-                f"--set {assignment!r}: expected TARGET.FIELD=VALUE, e.g. motion.checkpoint=raft.pth"
-            )
-        overrides.setdefault(target.strip(), {})[field_name.strip()] = yaml.safe_load(value)
-    return overrides
-
-
-def build_estimators(
-    specs: list[str], overrides: dict[str, dict[str, Any]], host: Any
-) -> dict[str, MotionEstimator]:
-    """Instantiate every estimator spec with its overrides (label -> estimator)."""
-    registry = host.registry("motion")
-    estimators: dict[str, MotionEstimator] = {}
-    used_motion_fields: set[str] = set()
-    for spec in specs:
-        name, fields = parse_estimator_spec(spec)
-        schema = registry.get(name).config
-        field_names = set(schema.__dataclass_fields__)
-        config = {}
-        for field_name, value in overrides.get("motion", {}).items():
-            if field_name in field_names:
-                config[field_name] = value
-                used_motion_fields.add(field_name)
-        config.update(overrides.get(name, {}))
-        config.update(fields)
-        unknown = sorted(set(config) - field_names)
-        if unknown:
-            raise MwgaUserError(
-                f"motion {name!r} has no field(s) {unknown}; its fields: {sorted(field_names - {'name'})}."
-            )
-        estimators[spec.strip()] = host.build("motion", {**config, "name": name})
-    unused = sorted(set(overrides.get("motion", {})) - used_motion_fields)
-    if unused:
-        raise MwgaUserError(f"--set motion.{unused[0]}: no chosen estimator has a field {unused[0]!r}.")
-    return estimators
+        overrides.append(f"motion.{key.strip()}={value.strip()}")
+    return name.strip(), overrides
 
 
 # -- outputs ----------------------------------------------------------------------------------------
@@ -218,21 +169,6 @@ def table_rows(scores: list[FlowScore]) -> list[list[str]]:
         + [f"{s.epe:.3f}", f"{s.acc_1px:.3f}", f"{s.acc_3px:.3f}", f"{s.acc_5px:.3f}"]
         for s in scores
     ]
-
-
-def print_table(scores: list[FlowScore], title: str) -> None:
-    from rich.table import Table
-
-    from mwga_core.reporting.run_outputs import table_console
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("Estimator")
-    table.add_column("Pattern")
-    for metric in METRIC_NAMES:
-        table.add_column(METRIC_HEADERS[metric], justify="right")
-    for score, row in zip(scores, table_rows(scores), strict=True):
-        table.add_row(*row, end_section=score.pattern == OVERALL)
-    table_console().print(table)
 
 
 def save_flow_pictures(
@@ -267,101 +203,3 @@ def save_flow_pictures(
         write_png(path, picture, upscale)
         written.append(path)
     return written
-
-
-# -- the subcommand ------------------------------------------------------------------------------------
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mwga flow-eval",
-        description="EPE and 1/3/5-px accuracy of motion estimators against the benchmark's true flow.",
-    )
-    parser.add_argument(
-        "--estimators",
-        default="farneback,dis",
-        help="comma-separated estimators, each NAME or NAME:FIELD=VALUE:... (e.g. dis:preset=fast)",
-    )
-    parser.add_argument("--clips", type=int, default=60, help="benchmark clips to evaluate (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
-    parser.add_argument(
-        "--out", default="outputs/flow-eval", help="output folder (default outputs/flow-eval)"
-    )
-    parser.add_argument(
-        "--border", type=int, default=4, help="pixels left out at each edge (default 4; 0 = full frame)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="TARGET.FIELD=VALUE",
-        help="config override: motion.FIELD (every estimator having it), NAME.FIELD, dataset.FIELD",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device for learned estimators (default cpu)")
-    parser.add_argument("--save-flow-png", metavar="DIR", help="write one colour-wheel PNG per pattern here")
-    return parser
-
-
-def flow_eval_command(args: list[str]) -> int:
-    """``mwga flow-eval``: evaluate estimators, print the table, write JSON/CSV/markdown."""
-    from mwga_core.api.progress import progress_wanted
-    from mwga_core.plugin_host.host import get_host
-
-    options = make_parser().parse_args(args)
-    if options.clips < 1:
-        raise MwgaUserError(f"--clips {options.clips}: expected an integer >= 1.")
-    host = get_host()
-    overrides = parse_set_overrides(options.assignments)
-    unknown_targets = sorted(set(overrides) - {"motion", "dataset"} - set(host.registry("motion").names()))
-    if unknown_targets:
-        raise MwgaUserError(
-            f"--set {unknown_targets[0]}.FIELD: unknown target; use motion, dataset or an estimator name "
-            f"({', '.join(host.registry('motion').names())})."
-        )
-    specs = [s for s in options.estimators.split(",") if s.strip()]
-    if not specs:
-        raise MwgaUserError("--estimators is empty; name at least one, e.g. farneback.")
-    estimators = build_estimators(specs, overrides, host)
-    for label, estimator in estimators.items():
-        if not estimator.produces_flow:
-            raise MwgaUserError(f"--estimators {label}: this estimator computes no flow.")
-
-    dataset_config = {"name": "synthetic", **overrides.get("dataset", {}), "num_clips": options.clips}
-    dataset = host.build("dataset", dataset_config)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    ctx = RunContext(
-        seed=options.seed, device=options.device, show_progress=progress_wanted(console), console=console
-    )
-    corpus = dataset.load(ctx)
-    clips = corpus.train
-    interior_mask(*clips.frames.shape[2:4], options.border)  # fail on a bad border before any work
-
-    scores: list[FlowScore] = []
-    flows: dict[str, np.ndarray] = {}
-    for label, estimator in estimators.items():
-        estimator_scores, flows[label] = evaluate_estimator(
-            label, estimator, clips, corpus.class_names, ctx, options.border
-        )
-        scores += estimator_scores
-
-    out_dir = Path(options.out)
-    settings = {
-        "estimators": {label: repr(e.config) for label, e in estimators.items()},
-        "clips": options.clips,
-        "seed": options.seed,
-        "border": options.border,
-        "frame_size": list(clips.frames.shape[2:4]),
-        "frame_pairs_per_clip": int(clips.frames.shape[1] - 1),
-        "dataset": repr(dataset.config),
-    }
-    write_outputs(scores, out_dir, settings)
-    region = "full frame" if options.border == 0 else f"interior, {options.border}-px border left out"
-    print_table(scores, f"Flow accuracy: {options.clips} benchmark clips, seed {options.seed}, {region}")
-    console.print(f"[dim]outputs: {out_dir}[/dim]")
-    if options.save_flow_png:
-        written = save_flow_pictures(Path(options.save_flow_png), clips, corpus.class_names, flows)
-        console.print(f"[dim]{len(written)} flow pictures: {options.save_flow_png}[/dim]")
-    return 0

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from mwga_core.api.clips import AnalysedClips, ClipSet, Corpus
 from mwga_core.api.context import RunContext
@@ -25,8 +24,10 @@ from mwga_core.api.projectors import Projector
 from mwga_core.api.results import AttributionResult
 from mwga_core.api.scorers import Scorer
 from mwga_core.api.trained_model import TrainedModel
+from mwga_core.config.checks import check_fields
+from mwga_core.config.schema import MwgaConfig
 from mwga_core.diffusion.sampling import check_generates_queries, generated_queries
-from mwga_core.evaluation.metrics import MetricSpec, evaluate
+from mwga_core.evaluation.metrics import evaluate
 from mwga_core.pipeline.executors import check_executor, open_executor
 from mwga_core.pipeline.featurize import featurize, featurize_cached
 from mwga_core.pipeline.model_stage import prepare_gradient_source
@@ -60,7 +61,7 @@ class Components:
     model: ModelAdapter | None = None
 
 
-def build_components(cfg: DictConfig, host: PluginHost) -> Components:
+def build_components(cfg: MwgaConfig, host: PluginHost) -> Components:
     """Instantiate the component of every group; a bad name or value raises a user error."""
     components = Components(
         dataset=host.build("dataset", cfg.dataset),
@@ -71,7 +72,7 @@ def build_components(cfg: DictConfig, host: PluginHost) -> Components:
         scorer=host.build("scorer", cfg.scorer),
     )
     if components.gradient.uses_model:
-        if "model" not in cfg or OmegaConf.is_missing(cfg, "model"):
+        if cfg.model is None:
             raise ConfigValueError("model", None, "a model adapter, e.g. model=video_denoiser")
         components.model = host.build("model", cfg.model)
         components.gradient.check_model(components.model)
@@ -140,9 +141,6 @@ def analyse_keyed(
     return AnalysedClips(clips=clips, flows=flows, descriptors=descriptors, static=static), descriptors_key
 
 
-QUERY_SOURCES = ("heldout", "generated")
-
-
 def generate_queries(
     corpus: Corpus,
     model: TrainedModel,
@@ -169,15 +167,12 @@ def generate_queries(
     return generated, queries, key
 
 
-def check_run_options(cfg: DictConfig, components: Components) -> str:
+def check_run_options(cfg: MwgaConfig, components: Components) -> str:
     """Validate the run-level fields before any work; returns the query source."""
-    if cfg.static_threshold < 0:
-        raise ConfigValueError("static_threshold", cfg.static_threshold, "a number >= 0")
+    check_fields(cfg)  # the ranges MwgaConfig declares (static_threshold, query, executor, ...)
     if components.scorer.uses_features:
         check_device(cfg.device)
-    query_source = cfg.get("query", "heldout")
-    if query_source not in QUERY_SOURCES:
-        raise ConfigValueError("query", query_source, f"one of {list(QUERY_SOURCES)}")
+    query_source = cfg.query
     check_executor(cfg)  # a bad executor value fails here too
     if query_source == "generated" and not (
         components.scorer.uses_features and components.gradient.uses_model
@@ -192,11 +187,11 @@ def check_run_options(cfg: DictConfig, components: Components) -> str:
     return query_source
 
 
-def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
+def run_attribution(cfg: MwgaConfig, ctx: RunContext, host: PluginHost | None = None) -> AttributionResult:
     """Run the whole pipeline for one composed config."""
     host = host or get_host()
     components = build_components(cfg, host)
-    spec = OmegaConf.to_object(cfg.eval) if not isinstance(cfg.eval, MetricSpec) else cfg.eval
+    spec = cfg.eval
     query_source = check_run_options(cfg, components)
 
     cache = stage_cache_from_config(cfg, ctx)
@@ -252,7 +247,7 @@ def run_attribution(cfg: DictConfig, ctx: RunContext, host: PluginHost | None = 
 def featurize_splits(
     splits: dict[str, tuple[AnalysedClips, str]],
     components: Components,
-    cfg: DictConfig,
+    cfg: MwgaConfig,
     ctx: RunContext,
     cache: StageCache,
     stage_info: dict,

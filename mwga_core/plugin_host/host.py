@@ -180,11 +180,13 @@ class PluginHost:
                 try:
                     impl.function(register=registrar)
                 except Exception as error:
-                    # All or nothing: a plugin that fails half-way keeps none of its entries.
-                    self._fail(record, error)
+                    # All or nothing: a plugin that fails half-way keeps none of its entries (removed
+                    # before _fail, which raises in strict mode).
                     for registry in self.registries.values():
                         registry.remove_plugin(record.name)
                     record.registered.clear()
+                    self.manager.unregister(plugin)
+                    self._fail(record, error)
                     return
                 if registrar.registered:
                     record.registered.setdefault(kind.group, []).extend(registrar.registered)

@@ -15,8 +15,8 @@ anything else             summary only                 none
 
 Every folder also gets a ``summary`` table of all metrics. A folder holding several sweeps (e.g.
 ``multirun/``) gives one report over all of them; where two sweeps make the same table, the later path
-(the newer ``<date>/<time>``) wins. File stems get the experiment preset's suffix, e.g.
-``table3_bins_real`` for ``+experiment=table3_bins_real``.
+(the newer ``<date>/<time>``) wins. A preset run with another method than the preset's own gets the
+method in its file stems, e.g. ``table3_bins_ours`` for ``+experiment=table3_bins method=ours``.
 """
 
 from __future__ import annotations
@@ -61,9 +61,18 @@ class Report:
     index: Path | None = None
 
 
+#: the method every experiment preset runs unless ``method=...`` says otherwise (conf/experiment/)
+PRESET_METHOD = "ours_simulated"
+
+
 def _suffix(result_set: ResultSet, experiment: Experiment) -> str:
-    """``_real`` for preset table3_bins_real, ``_<preset>`` for another preset, nothing otherwise."""
+    """``_<method>`` when a preset ran another method than its own (``+experiment=table3_bins
+    method=ours`` -> ``_ours``), ``_<rest>`` for a preset named after the table (``table3_bins_x`` ->
+    ``_x``), nothing otherwise."""
     name = result_set.experiment_name
+    if name == experiment.name and "method" not in result_set.swept:
+        method = result_set.groups[0].method
+        return "" if method == PRESET_METHOD else f"_{method}"
     if not name or name == experiment.name:
         return ""
     return "_" + name.removeprefix(experiment.name + "_")

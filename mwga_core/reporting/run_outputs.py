@@ -6,14 +6,17 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from mwga_core.api.results import AttributionResult
 from mwga_core.evaluation.metrics import Evaluation
+
+if TYPE_CHECKING:
+    from mwga_core.config.schema import MwgaConfig
 
 
 def table_console() -> Console:
@@ -75,7 +78,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, Any]:
+def results_document(result: AttributionResult, cfg: MwgaConfig) -> dict[str, Any]:
     """Everything results.json holds; a pure function of the config and seed (no times, no paths)."""
     corpus = result.corpus
     per_query = [
@@ -84,7 +87,8 @@ def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, An
             corpus.queries.ids, corpus.queries.labels, result.evaluation.per_query, strict=True
         )
     ]
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # the same dict (keys in field order) as the composed DictConfig Hydra wrote to .hydra/config.yaml
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     # Where the cache lives changes no number; keeping the machine's path would make results.json
     # differ between machines, users and MWGA_CACHE_DIR settings for the same config and seed.
     config.pop("cache", None)
@@ -106,7 +110,7 @@ def results_document(result: AttributionResult, cfg: DictConfig) -> dict[str, An
 
 
 def write_run_outputs(
-    result: AttributionResult, cfg: DictConfig, output_dir: Path, metric_names: list[str]
+    result: AttributionResult, cfg: MwgaConfig, output_dir: Path, metric_names: list[str]
 ) -> None:
     """results.json, metrics.csv, table.md and (unless disabled) rankings.csv in ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)

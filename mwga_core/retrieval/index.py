@@ -27,6 +27,7 @@ rows.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from collections.abc import Callable
@@ -35,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from mwga_core import __version__
 from mwga_core.api.clips import AnalysedClips, ClipSet
 from mwga_core.api.context import RunContext
+from mwga_core.api.datasets import require_clip_reader
 from mwga_core.api.errors import ConfigValueError, MwgaUserError
-from mwga_core.config.schema import group_configs
+from mwga_core.config.schema import MwgaConfig, as_container, group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
 from mwga_core.storage.atomic import entry_lock, write_json_atomic
 from mwga_core.storage.index_store import (
@@ -67,20 +68,9 @@ class IndexMismatchError(MwgaUserError):
     """The index on disk was made with another config than this run's."""
 
 
-def compose_index_config(overrides: list[str], host: PluginHost | None = None) -> DictConfig:
-    """The run config ``mwga <overrides>`` would compose, with ``dataset=video_folder`` first."""
-    from hydra import compose, initialize_config_module
-
-    from mwga_core.config.schema import register_configs
-
-    register_configs(host or get_host())
-    with initialize_config_module("mwga_conf", version_base="1.3"):
-        return compose(config_name="config", overrides=["dataset=video_folder", *overrides])
-
-
-def index_identity(cfg: DictConfig, keep_flows: bool) -> dict[str, Any]:
+def index_identity(cfg: MwgaConfig, keep_flows: bool) -> dict[str, Any]:
     """Everything that changes an index's rows, as plain JSON-able data."""
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset = as_container(cfg.dataset)
     for name in DATASET_LOCATION_FIELDS:
         dataset.pop(name, None)
     groups = group_configs(cfg, FEATURE_GROUPS)
@@ -141,7 +131,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 def index_corpus(
     corpus_dir: str | Path,
     index_dir: str | Path,
-    cfg: DictConfig,
+    cfg: MwgaConfig,
     ctx: RunContext,
     host: PluginHost | None = None,
     keep_flows: bool = False,
@@ -163,19 +153,15 @@ def index_corpus(
     corpus_dir, index_dir = Path(corpus_dir).expanduser().resolve(), Path(index_dir).expanduser()
     if batch_size < 1:
         raise ConfigValueError("--batch-size", batch_size, "an integer >= 1")
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     cfg.dataset.train_dir = str(corpus_dir)
     with entry_lock(index_dir):
         manifest = None if rebuild else read_manifest(index_dir)
-        if manifest is not None and not cfg.dataset.get("labels"):
+        if manifest is not None and not cfg.dataset.labels:
             # a later run without dataset.labels keeps the labels the index was given
             cfg.dataset.labels = manifest["config"]["dataset"].get("labels", "")
         components = build_components(cfg, host)
-        dataset = components.dataset
-        if not hasattr(dataset, "read_clips"):
-            raise ConfigValueError(
-                "dataset", cfg.dataset.name, "video_folder (a dataset that reads clip files)"
-            )
+        dataset = require_clip_reader(components.dataset)
         if not components.scorer.uses_features:
             raise ConfigValueError(
                 "scorer", cfg.scorer.name, "a scorer that reads features (an index holds features)"
@@ -193,9 +179,7 @@ def index_corpus(
                 "or --rebuild to start over."
             )
         index_dir.mkdir(parents=True, exist_ok=True)
-        from mwga_plugins.datasets.video_folder import scan_folder
-
-        files = scan_folder(corpus_dir)
+        files = dataset.scan(corpus_dir)
         names = dataset.label_names(files, "train")
         label_of = {f.id: n for f, n in zip(files, names, strict=True)}
         class_names = sorted({n for n in names if n is not None})
@@ -250,7 +234,7 @@ def index_corpus(
         )
 
         static_ids = [f.id for f, s in zip(present, gathered["static"], strict=True) if s]
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = as_container(cfg)
         config.pop("cache", None)
         new_manifest = {
             "format": FORMAT_VERSION,
@@ -318,7 +302,7 @@ def _compute_rows(
     shard_root: Path,
     sources: list[RowSource],
     components: Any,
-    cfg: DictConfig,
+    cfg: MwgaConfig,
     ctx: RunContext,
     prepared_on: AnalysedClips | None,
 ) -> int:
@@ -395,60 +379,3 @@ def _consolidate(
     gathered = gather_rows(picks, keep_flows)
     write_rows(index_dir / data_name, records, gathered)
     return data_name, gathered, old_ids
-
-
-def index_command(args: list[str]) -> int:
-    """``mwga index <corpus-dir> --out <index-dir> [--keep-flows] [--batch-size N] [--rebuild] [overrides]``."""
-    import argparse
-
-    from rich.console import Console
-
-    from mwga_core.api.progress import progress_wanted
-    from mwga_core.config.schema import cache_path
-
-    parser = argparse.ArgumentParser(
-        prog="mwga index",
-        description="Featurize a folder of clips once into a persistent, incremental index. Overrides are "
-        "the same as for `mwga` (e.g. descriptor=hoof_grid gradient=simulated dataset.size=[64]).",
-    )
-    parser.add_argument("corpus_dir", type=Path, help="folder of training clips (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, help="the index folder (created or updated)")
-    parser.add_argument("--keep-flows", action="store_true", help="also store every clip's optical flow")
-    parser.add_argument("--batch-size", type=int, default=256, help="clips per resumable batch (256)")
-    parser.add_argument("--rebuild", action="store_true", help="discard an existing index and start over")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for `mwga`")
-    options = parser.parse_intermixed_args(args)
-    console = Console(stderr=True)
-    cfg = compose_index_config(options.overrides)
-    ctx = RunContext(
-        seed=cfg.seed,
-        device=cfg.device,
-        cache_dir=cache_path(cfg.cache),
-        output_dir=options.out,
-        show_progress=progress_wanted(console),
-        console=console,
-    )
-    summary = index_corpus(
-        options.corpus_dir,
-        options.out,
-        cfg,
-        ctx,
-        keep_flows=options.keep_flows,
-        batch_size=options.batch_size,
-        rebuild=options.rebuild,
-        overrides=options.overrides,
-    )
-    for skipped in summary.skipped:
-        console.print(f"[yellow]skipped:[/] {skipped['reason']}", highlight=False)
-    if summary.static_ids:
-        console.print(
-            f"[yellow]warning:[/] {len(summary.static_ids)} clip(s) show no motion: "
-            + ", ".join(summary.static_ids[:5])
-            + (" ..." if len(summary.static_ids) > 5 else ""),
-            highlight=False,
-        )
-    print(
-        f"indexed {summary.total} clips into {summary.path}: {summary.computed} computed, {summary.reused} "
-        f"reused, {summary.removed} removed, {len(summary.skipped)} skipped ({summary.seconds:.1f} s)"
-    )
-    return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 #: suffix of lock files (``.<name>.lock``)
 LOCK_SUFFIX = ".lock"
@@ -85,3 +85,30 @@ def entry_lock(path: Path, timeout: float = -1) -> Iterator[None]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_file, timeout=timeout):
         yield
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether no process holds the lock of ``path`` right now (True when it has no lock file)."""
+    lock_file = lock_path(path)
+    if not lock_file.exists():
+        return True
+    try:
+        with FileLock(lock_file, timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
+def remove_free_lock(path: Path) -> bool:
+    """Delete the lock file of ``path`` if no process holds it (for ``mwga cache clear``).
+
+    Only for locks whose entry is gone: a process that opened the file just before the deletion would
+    lock the deleted file, so never remove the lock of something a run may still write.
+    """
+    lock_file = lock_path(path)
+    try:
+        with FileLock(lock_file, timeout=0):
+            lock_file.unlink(missing_ok=True)
+        return True
+    except (Timeout, OSError):
+        return False

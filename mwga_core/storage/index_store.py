@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from mwga_core.api.errors import DataError
 from mwga_core.storage.atomic import temp_path, write_json_atomic
@@ -57,11 +56,6 @@ class IndexData:
     descriptors: np.ndarray
     static: np.ndarray
     flows: np.ndarray | None = None
-
-    @property
-    def config(self) -> DictConfig:
-        """The composed config the index was made with."""
-        return OmegaConf.create(self.manifest["config"])
 
     @property
     def ids(self) -> list[str]:

@@ -52,7 +52,13 @@ from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
 from mwga_core.config.checks import at_least, one_of, satisfies
 from mwga_core.diffusion.contrasts import CONTRASTS, GradientFunction, LossRegions, make_contrast
-from mwga_core.diffusion.engines import ENGINE_NAMES, EngineSettings, ExampleBatch, SelectedParameters, make_engine
+from mwga_core.diffusion.engines import (
+    ENGINE_NAMES,
+    EngineSettings,
+    ExampleBatch,
+    SelectedParameters,
+    make_engine,
+)
 from mwga_core.diffusion.objectives import OUTPUT_FUNCTIONS, DiffusionObjective, motion_mask, shared_noise
 
 if TYPE_CHECKING:
@@ -82,7 +88,9 @@ class DiffusionGradientConfig(GradientConfig):
     #: diffusion timesteps t_k; one shared noise draw each; the gradient is their average
     timesteps: list[int] = field(
         default_factory=lambda: [500],
-        metadata=satisfies(lambda ts: len(ts) > 0 and all(t >= 0 for t in ts), "a non-empty list of integers >= 0"),
+        metadata=satisfies(
+            lambda ts: len(ts) > 0 and all(t >= 0 for t in ts), "a non-empty list of integers >= 0"
+        ),
     )
     #: loss (eps-prediction MSE) or dtrak (mean squared norm of the prediction)
     output: str = field(default="loss", metadata=one_of(*OUTPUT_FUNCTIONS))
@@ -91,7 +99,9 @@ class DiffusionGradientConfig(GradientConfig):
     #: scale by 1/F (F = frames per clip)
     frame_normalize: bool = True
     #: all, temporal, or a regular expression searched in parameter names
-    params: str = field(default="all", metadata=satisfies(_is_selection, "all, temporal or a valid regular expression"))
+    params: str = field(
+        default="all", metadata=satisfies(_is_selection, "all, temporal or a valid regular expression")
+    )
     #: checkpoint steps to differentiate; empty = the last one
     checkpoints: list[int] = field(default_factory=list)
     #: counterfactual contrast: none, reverse (the time-odd part), static, reverse_static (see the module docs)
@@ -131,7 +141,9 @@ class DiffusionGradient(GradientSource):
     def check_model(self, adapter: ModelAdapter) -> None:
         c, model = self.config, adapter.config
         if max(c.timesteps) >= model.diffusion_steps:
-            raise ConfigValueError("timesteps", list(c.timesteps), f"integers in [0, {model.diffusion_steps})")
+            raise ConfigValueError(
+                "timesteps", list(c.timesteps), f"integers in [0, {model.diffusion_steps})"
+            )
         if c.conditioning == "unconditional" and not (model.conditional and model.training.label_dropout > 0):
             raise ConfigValueError(
                 "conditioning",
@@ -142,7 +154,9 @@ class DiffusionGradient(GradientSource):
     def bind_model(self, model: TrainedModel) -> None:
         self.check_model(model.adapter)
         if any(s not in model.steps for s in self.config.checkpoints):
-            raise ConfigValueError("checkpoints", list(self.config.checkpoints), f"saved steps among {model.steps}")
+            raise ConfigValueError(
+                "checkpoints", list(self.config.checkpoints), f"saved steps among {model.steps}"
+            )
         self.trained = model
 
     def checkpoint_id(self) -> str | None:
@@ -174,7 +188,9 @@ class DiffusionGradient(GradientSource):
             pattern = re.compile(self.config.params)
             chosen = [n for n in names if pattern.search(n)]
         if not chosen:
-            raise ConfigValueError("gradient.params", self.config.params, f"a selection matching some of {names}")
+            raise ConfigValueError(
+                "gradient.params", self.config.params, f"a selection matching some of {names}"
+            )
         return chosen
 
     # -- gradients ----------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ class VideoDenoiserConfig(ModelConfig):
     #: patch side in pixels; H and W must be multiples of it
     patch: int = field(default=4, metadata=at_least(1))
     #: feature channels per grid token
-    channels: int = field(default=48, metadata=satisfies(lambda c: c >= 2 and c % 2 == 0, "an even integer >= 2"))
+    channels: int = field(
+        default=48, metadata=satisfies(lambda c: c >= 2 and c % 2 == 0, "an even integer >= 2")
+    )
     #: residual space/time blocks
     blocks: int = field(default=3, metadata=at_least(1))
     #: kernel of the per-frame spatial convolution (odd)

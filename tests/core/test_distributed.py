@@ -80,8 +80,10 @@ def test_ray_diffusion_features_match_local_up_to_float32_rounding(ray_cluster, 
 
 
 def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypatch, write_clips):
+    from mwga_core.config.compose import compose
     from mwga_core.pipeline import ray_executor as distributed
-    from mwga_core.retrieval.index import compose_index_config, index_corpus, load_index
+    from mwga_core.retrieval.index import index_corpus
+    from mwga_core.storage.index_store import load_index
 
     started = []
     start_workers = distributed._start_workers
@@ -95,7 +97,7 @@ def test_ray_index_equals_local_index(ray_cluster, host, ctx, tmp_path, monkeypa
             "projection.dim=16",
             "dataset.labels=folders",
         ]
-        cfg = compose_index_config([*small, *overrides], host)
+        cfg = compose([*small, *overrides], host=host, config_name="index")
         return index_corpus(tmp_path / "corpus", out, cfg, ctx, host=host, batch_size=4)
 
     write_clips(tmp_path / "corpus", 0, 10)

@@ -14,7 +14,9 @@ from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradien
 
 from mwga_core import hookimpl
 from mwga_core.api.clips import AnalysedClips
-from mwga_core.retrieval.index import IndexMismatchError, compose_index_config, index_corpus, load_index
+from mwga_core.config.compose import compose
+from mwga_core.retrieval.index import IndexMismatchError, index_corpus
+from mwga_core.storage.index_store import load_index
 
 
 class Killed(Exception):
@@ -55,7 +57,7 @@ def make_index(host, ctx, tmp_path: Path):
     KILL_AFTER_CALLS["value"] = -1
 
     def run(corpus: Path, out: Path, *overrides: str, **options):
-        cfg = compose_index_config(
+        cfg = compose(
             [
                 "gradient=counting",
                 "dataset.num_frames=8",
@@ -63,7 +65,8 @@ def make_index(host, ctx, tmp_path: Path):
                 "projection.dim=16",
                 *overrides,
             ],
-            host,
+            host=host,
+            config_name="index",
         )
         return index_corpus(corpus, out, cfg, ctx, host=host, **options)
 
@@ -120,6 +123,31 @@ def test_an_interrupted_index_resumes_from_its_finished_batches(
     assert (resumed.computed, resumed.reused) == (4, 8) and len(COMPUTED) == 4
     make_index(corpus, tmp_path / "fresh", batch_size=12)
     np.testing.assert_array_equal(load_index(out).features, load_index(tmp_path / "fresh").features)
+
+
+def test_an_edited_component_module_recomputes_every_row(
+    make_index, write_clips, tmp_path: Path, ctx, console_text, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows (consolidated or in shards) are reused only under the same code hash of the components."""
+    from mwga_core.storage import keys
+
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    KILL_AFTER_CALLS["value"] = 2  # leaves one shard of 4 clips behind
+    with pytest.raises(Killed):
+        make_index(corpus, out, "projection=sparse_jl", batch_size=4)
+    assert len(list((out / "shards").glob("shard-*"))) == 1
+    real_hash = keys.module_source_hash
+    # as if sparse_jl.py had been edited: its source hash changes, so the shard is not reused
+    monkeypatch.setattr(
+        keys, "module_source_hash", lambda name: real_hash(name) + ("x" if name.endswith("sparse_jl") else "")
+    )
+    assert make_index(corpus, out, "projection=sparse_jl", batch_size=4).computed == 6
+    assert make_index(corpus, out, "projection=sparse_jl", batch_size=4).computed == 0
+    monkeypatch.setattr(keys, "module_source_hash", real_hash)
+    edited = make_index(corpus, out, "projection=sparse_jl", batch_size=4)
+    assert (edited.computed, edited.reused) == (6, 0)
+    assert "code" in console_text.getvalue() and "recomputing every clip" in console_text.getvalue()
 
 
 def test_another_config_is_refused_unless_rebuilt(make_index, write_clips, tmp_path: Path) -> None:

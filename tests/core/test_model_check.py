@@ -10,7 +10,7 @@ import pytest
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.diffusion import model_check
-from mwga_core.testing.contracts import make_context
+from mwga_core.testing import make_context
 
 CLASSES = ["a", "b", "c"]
 PER_CLASS = 4
@@ -21,7 +21,7 @@ def fake_model(conditional: bool = True):
 
 
 def clips_with_descriptors(labels: np.ndarray) -> ClipSet:
-    """Blank clips; the fake HOOF below returns ``descriptors`` for exactly these frames."""
+    """Blank clips; the fake describer below returns ``descriptors`` for exactly these frames."""
     frames = np.zeros((len(labels), 2, 4, 4, 1), dtype=np.float32)
     return ClipSet(frames=frames, labels=labels, ids=[f"c{i}" for i in range(len(labels))])
 
@@ -34,9 +34,10 @@ def check(monkeypatch, tmp_path):
         train = clips_with_descriptors(real_labels)
         samples = clips_with_descriptors(np.repeat(np.arange(len(CLASSES)), PER_CLASS))
         tables = {id(train.frames): real, id(samples.frames): generated}
-        monkeypatch.setattr(model_check, "hoof_descriptors", lambda frames, ctx: tables[id(frames)])
         monkeypatch.setattr(model_check, "sample_per_class", lambda *args, **kwargs: samples)
-        return model_check.check_motion(fake_model(), train, CLASSES, PER_CLASS, make_context(tmp_path))
+        return model_check.check_motion(
+            fake_model(), train, CLASSES, PER_CLASS, make_context(tmp_path), lambda frames: tables[id(frames)]
+        )
 
     return run
 
@@ -75,4 +76,6 @@ def test_paired_accuracy_removes_a_motion_every_class_shares(check) -> None:
 def test_an_unconditional_model_is_refused(tmp_path) -> None:
     train = clips_with_descriptors(np.arange(3))
     with pytest.raises(ConfigValueError, match="model.conditional"):
-        model_check.check_motion(fake_model(False), train, CLASSES, PER_CLASS, make_context(tmp_path))
+        model_check.check_motion(
+            fake_model(False), train, CLASSES, PER_CLASS, make_context(tmp_path), lambda frames: frames
+        )

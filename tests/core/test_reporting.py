@@ -172,15 +172,22 @@ def test_folder_of_sweeps_reports_each_with_preset_suffix(tmp_path: Path):
         root / "table5_corpus" / "t1",
         [([f"dataset.num_clips={n}"], 0.1) for n in (50, 500)],
         experiment="table5_corpus",
+        method="ours_simulated",  # the preset's own method: no suffix
     )
     write_sweep(
         root / "table4_projection_real" / "t1",
         [([f"projection.dim={p}"], 0.1) for p in (32, 256)],
         experiment="table4_projection_real",
     )
+    write_sweep(  # +experiment=table3_bins method=ours: the method is the suffix
+        root / "table3_bins" / "t1",
+        [([f"descriptor.bins={b}"], 0.1) for b in (4, 16)],
+        experiment="table3_bins",
+        method="ours",
+    )
     report = build_report(root)
-    assert {"table5_corpus", "table4_projection_real"} <= set(report.tables)
-    assert set(report.figures) == {"fig6_corpus_size", "fig5_projection_real"}
+    assert {"table5_corpus", "table4_projection_real", "table3_bins_ours"} <= set(report.tables)
+    assert set(report.figures) == {"fig6_corpus_size", "fig5_projection_real", "fig4_bins_ours"}
     index = (root / "report" / "report.md").read_text()
     assert "![fig6_corpus_size](fig6_corpus_size.png)" in index
 

@@ -1,4 +1,5 @@
-"""The trainer: it learns, it caches, it writes safetensors atomically, it is deterministic."""
+"""The trainer and the model stage around it: it learns, it caches in the model store, it writes
+safetensors atomically, it is deterministic."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from safetensors.torch import load_file
 
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import TrainingConfig
+from mwga_core.api.trained_model import TrainedModel
 from mwga_core.diffusion import training
+from mwga_core.diffusion.sampling import sample_per_class
+from mwga_core.pipeline import model_stage
 from mwga_core.testing.contracts import make_context, small_corpus
 
 
@@ -50,6 +54,11 @@ def tiny_adapter(
     )
 
 
+def train(adapter: VideoDenoiserAdapter, clips, ctx) -> TrainedModel:
+    """The model stage on ``clips`` with 6 classes."""
+    return model_stage.load_or_train_model(adapter, clips, ctx, num_classes=6)
+
+
 @pytest.fixture(scope="module")
 def corpus():
     return small_corpus(num_clips=12, num_frames=5, size=16)
@@ -59,7 +68,7 @@ def corpus():
 def trained(corpus, tmp_path_factory):
     """One tiny model trained once for the whole module (40 steps, checkpoints at 20 and 40)."""
     ctx = make_context(tmp_path_factory.mktemp("trained"))
-    return training.load_or_train(tiny_adapter(), corpus.train, 6, ctx), ctx
+    return train(tiny_adapter(), corpus.train, ctx), ctx
 
 
 def test_training_reduces_the_loss(trained) -> None:
@@ -74,21 +83,24 @@ def test_second_call_loads_from_the_cache(corpus, trained, monkeypatch) -> None:
     def must_not_train(*args, **kwargs):
         raise AssertionError("trained again despite a complete cache entry")
 
-    monkeypatch.setattr(training, "train_denoiser", must_not_train)
-    second = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
-    assert second.loaded_from_cache and second.folder == first.folder
+    monkeypatch.setattr(model_stage, "train_denoiser", must_not_train)
+    ctx.stage_log.clear()
+    second = train(tiny_adapter(), corpus.train, ctx)
+    assert second.loaded_from_cache and second.folder == first.folder and second.key == first.key
+    assert [(s["stage"], s["status"]) for s in ctx.stage_log] == [("model", "cached")]
     for name, tensor in first.module().state_dict().items():
         torch.testing.assert_close(second.module().state_dict()[name], tensor)
 
 
-def test_cache_key_changes_with_data_config_and_seed(corpus) -> None:
-    base = training.cache_key(tiny_adapter(), corpus.train, 6, seed=0)
-    assert training.cache_key(tiny_adapter(), corpus.train, 6, seed=0) == base
-    assert training.cache_key(tiny_adapter(), corpus.train, 6, seed=1) != base
-    assert training.cache_key(tiny_adapter(steps=41), corpus.train, 6, seed=0) != base
+def test_training_key_changes_with_data_config_and_seed(corpus) -> None:
+    base = training.training_key(tiny_adapter(), corpus.train, 6, seed=0)
+    assert training.training_key(tiny_adapter(), corpus.train, 6, seed=0) == base
+    assert training.training_key(tiny_adapter(), corpus.train, 6, seed=1) != base
+    assert training.training_key(tiny_adapter(steps=41), corpus.train, 6, seed=0) != base
+    assert training.training_key(tiny_adapter(), corpus.train, 7, seed=0) != base
     changed = small_corpus(num_clips=12, num_frames=5, size=16)
     changed.train.frames[0, 0, 0, 0, 0] += 0.5
-    assert training.cache_key(tiny_adapter(), changed.train, 6, seed=0) != base
+    assert training.training_key(tiny_adapter(), changed.train, 6, seed=0) != base
 
 
 def test_checkpoints_are_safetensors_with_a_json_sidecar(trained) -> None:
@@ -96,12 +108,12 @@ def test_checkpoints_are_safetensors_with_a_json_sidecar(trained) -> None:
     assert model.steps == [20, 40]
     files = sorted(p.name for p in model.folder.iterdir())
     assert files == ["model.json", "step-000020.safetensors", "step-000040.safetensors"]
-    state = load_file(str(model.checkpoint_path(20)))
-    module = model.adapter.build(model.clip_shape, 6)
+    state = load_file(str(model.checkpoints[20]))
+    module = model.adapter.build_fresh(model.clip_shape, 6)
     assert set(state) == set(module.state_dict())
     info = json.loads((model.folder / "model.json").read_text())
     assert info["checkpoint_steps"] == [20, 40] and info["adapter"]["training"]["steps"] == 40
-    later = load_file(str(model.checkpoint_path(40)))
+    later = load_file(str(model.checkpoints[40]))
     assert not torch.equal(state["patch_in.weight"], later["patch_in.weight"])
 
 
@@ -113,17 +125,15 @@ def test_an_incomplete_entry_is_retrained_and_matches(corpus, trained, tmp_path:
     folder = Path(ctx.cache_dir) / "models" / first.folder.name
     folder.mkdir(parents=True)
     (folder / "step-000040.safetensors").write_bytes(b"half a file")
-    again = training.load_or_train(tiny_adapter(), corpus.train, 6, ctx)
+    again = train(tiny_adapter(), corpus.train, ctx)
     assert not again.loaded_from_cache and again.folder == folder
     assert not list(folder.glob(".*.tmp"))
-    expected = load_file(str(first.checkpoint_path(40)))
-    for name, tensor in load_file(str(again.checkpoint_path(40))).items():
+    expected = load_file(str(first.checkpoints[40]))
+    for name, tensor in load_file(str(again.checkpoints[40])).items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
 
 
 def test_samples_are_frames_in_range(trained) -> None:
-    from mwga_core.diffusion.model_check import sample_per_class
-
     model, ctx = trained
     samples = sample_per_class(model, 2, ctx)
     assert samples.frames.shape == (12, 5, 16, 16, 1)
@@ -144,10 +154,10 @@ def guided(corpus, tmp_path_factory):
     """A tiny conditional model trained with label dropout 0.3 (so it has a null label)."""
     ctx = make_context(tmp_path_factory.mktemp("guided"))
     adapter = tiny_adapter(steps=30, checkpoints=(), label_dropout=0.3)
-    return training.load_or_train(adapter, corpus.train, 6, ctx), ctx
+    return train(adapter, corpus.train, ctx), ctx
 
 
-def sample_with_guidance(model: training.TrainedModel, guidance: float, labels: torch.Tensor) -> np.ndarray:
+def sample_with_guidance(model: TrainedModel, guidance: float, labels: torch.Tensor) -> np.ndarray:
     """Samples of ``model`` (seed 3) with its null label, at another guidance scale."""
     adapter = type(model.adapter)(dataclasses.replace(model.adapter.config, guidance=guidance))
     return adapter.sample(model.module(), labels, len(labels), model.clip_shape, seed=3, null_label=6)
@@ -157,7 +167,7 @@ def test_label_dropout_adds_a_null_label_row(corpus, guided) -> None:
     model, ctx = guided
     assert model.null_label == 6
     assert model.module().class_embedding.weight.shape[0] == 7
-    plain = training.load_or_train(tiny_adapter(steps=2, checkpoints=()), corpus.train, 6, ctx)
+    plain = train(tiny_adapter(steps=2, checkpoints=()), corpus.train, ctx)
     assert plain.null_label is None and plain.module().class_embedding.weight.shape[0] == 6
 
 
@@ -167,7 +177,7 @@ def test_null_row_is_trained(guided) -> None:
     untouched = tiny_adapter(steps=30, checkpoints=(), label_dropout=0.3)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed_for("model-init"))
-        initial = untouched.build(model.clip_shape, 7)
+        initial = untouched.build_fresh(model.clip_shape, 7)
     trained_row = model.module().class_embedding.weight[6]
     assert not torch.allclose(trained_row, initial.class_embedding.weight[6])
 
@@ -198,7 +208,7 @@ def test_guidance_without_a_null_label_is_refused() -> None:
     adapter = type(tiny_adapter())(model_config)
     adapter.config.guidance = 2.0  # bypass validation: sample() must still refuse without a null label
     with pytest.raises(ConfigValueError, match="guidance"):
-        adapter.sample(adapter.build((5, 16, 16, 1), 6), torch.arange(2), 2, (5, 16, 16, 1), seed=0)
+        adapter.sample(adapter.build_fresh((5, 16, 16, 1), 6), torch.arange(2), 2, (5, 16, 16, 1), seed=0)
 
 
 def test_label_dropout_needs_a_conditional_model() -> None:
@@ -210,10 +220,10 @@ def test_label_dropout_needs_a_conditional_model() -> None:
 
 def test_sampling_fields_do_not_retrain(corpus) -> None:
     base = tiny_adapter(label_dropout=0.3)
-    key = training.cache_key(base, corpus.train, 6, seed=0)
+    key = training.training_key(base, corpus.train, 6, seed=0)
     other = type(base)(dataclasses.replace(base.config, guidance=5.0, sample_steps=2))
-    assert training.cache_key(other, corpus.train, 6, seed=0) == key
-    assert training.cache_key(tiny_adapter(label_dropout=0.2), corpus.train, 6, seed=0) != key
+    assert training.training_key(other, corpus.train, 6, seed=0) == key
+    assert training.training_key(tiny_adapter(label_dropout=0.2), corpus.train, 6, seed=0) != key
 
 
 # -- image-to-video: context frames -----------------------------------------------------------------
@@ -238,12 +248,8 @@ def test_context_frames_stay_clean_and_out_of_the_loss() -> None:
 
 
 def test_image_to_video_samples_continue_the_context(corpus, tmp_path: Path) -> None:
-    from mwga_core.diffusion.model_check import sample_per_class
-
     ctx = make_context(tmp_path)
-    model = training.load_or_train(
-        tiny_adapter(steps=4, checkpoints=(), context_frames=1), corpus.train, 6, ctx
-    )
+    model = train(tiny_adapter(steps=4, checkpoints=(), context_frames=1), corpus.train, ctx)
     samples = sample_per_class(model, 2, ctx, context=corpus.queries)
     # sample j of every class starts from query j's first frame
     starts = corpus.queries.frames[[0, 1] * 6, :1]

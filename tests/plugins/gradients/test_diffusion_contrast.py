@@ -133,10 +133,8 @@ def test_a_conditional_model_on_unlabelled_clips_is_refused_naming_the_field(ctx
         train.descriptors,
         train.static,
     )
-    gradient = DiffusionGradient(DiffusionGradientConfig(name="diffusion", timesteps=[30]))
-    gradient.bind_model(tiny_adapter(conditional=True))
+    # the model stage refuses to train a conditional model on them, naming the field
     with pytest.raises(ConfigValueError, match="conditional.*no labels"):
-        gradient.prepare(unlabelled, ctx)
-    gradient.bind_model(tiny_adapter(conditional=False))
-    gradient.prepare(unlabelled, ctx)  # an unconditional model needs no labels
+        source(ctx, unlabelled, model=tiny_adapter(conditional=True))
+    gradient = source(ctx, unlabelled, model=tiny_adapter(conditional=False))  # needs no labels
     assert np.isfinite(gradients(gradient, unlabelled, ctx)).all()

@@ -1,16 +1,21 @@
-"""The ``diffusion`` gradient source: per-clip torch.func gradients of a tiny trained denoiser."""
+"""The ``diffusion`` gradient source: per-clip gradients of a tiny trained denoiser, composed from the
+objective, engine and contrast pieces of ``mwga_core.diffusion``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig, motion_mask
+from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 from mwga_plugins.models.video_denoiser import VideoDenoiserAdapter, VideoDenoiserConfig
 
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import TrainingConfig
+from mwga_core.diffusion.objectives import shared_noise
+from mwga_core.diffusion.sampling import generated_queries
+from mwga_core.pipeline.model_stage import prepare_gradient_source
+from mwga_core.storage.model_store import model_from_module
 from mwga_core.testing.contracts import GradientSourceContract, small_analysed
 
 
@@ -37,10 +42,12 @@ def tiny_adapter(label_dropout: float = 0.0, **fields) -> VideoDenoiserAdapter:
 
 
 def source(ctx: RunContext, train=None, model=None, **fields) -> DiffusionGradient:
+    """A source as the pipeline prepares it: model checked, trained (model stage, cached) and bound."""
     config = DiffusionGradientConfig(name="diffusion", **{"timesteps": [30], "chunk_size": 4, **fields})
     gradient = DiffusionGradient(config)
-    gradient.bind_model(model or tiny_adapter())
-    gradient.prepare(train if train is not None else small_analysed("train"), ctx)
+    adapter = model or tiny_adapter()
+    gradient.check_model(adapter)
+    prepare_gradient_source(gradient, adapter, train if train is not None else small_analysed("train"), ctx)
     return gradient
 
 
@@ -58,8 +65,13 @@ class TestDiffusionGradientContract(GradientSourceContract):
     config = DiffusionGradientConfig(timesteps=[30], chunk_size=4)
 
     def make_component(self):
+        # an untrained model, bound as the model stage would bind a trained one
         component = super().make_component()
-        component.bind_model(tiny_adapter())
+        adapter = tiny_adapter()
+        torch.manual_seed(0)
+        component.bind_model(
+            model_from_module(adapter, adapter.build_fresh((5, 16, 16, 1), 6), (5, 16, 16, 1), 6)
+        )
         return component
 
 
@@ -79,9 +91,9 @@ def test_gradients_equal_a_per_clip_loop(ctx: RunContext, fields, engine) -> Non
     fast = gradients(gradient, train, ctx)[0]
     c, adapter = gradient.config, gradient.trained.adapter
     module = gradient.trained.module()
-    noises = gradient._shared_noise(gradient.trained, ctx)
-    weights = gradient._loss_weights(train, gradient.trained)
-    scales = gradient._clip_scales(train)
+    noises = shared_noise(gradient.trained.clip_shape, c.timesteps, ctx)
+    weights = gradient.loss_weights(train, gradient.trained)
+    scales = gradient.clip_scales(train)
     x0 = adapter.encode(train.clips.frames)
     for i in range(4):
         module.zero_grad()
@@ -132,8 +144,7 @@ def test_engines_agree_with_temporal_attention_and_a_regex_selection(ctx: RunCon
         gradient = DiffusionGradient(
             DiffusionGradientConfig(name="diffusion", timesteps=[30], chunk_size=4, params=params)
         )
-        gradient.bind_model(tiny_adapter(**attention))
-        gradient.prepare(train, ctx)
+        prepare_gradient_source(gradient, tiny_adapter(**attention), train, ctx)
         batched = gradients(gradient, train, ctx)
         gradient.config.engine = "vmap"
         assert_same_per_clip(batched, gradients(gradient, train, ctx))
@@ -239,21 +250,8 @@ def test_noise_is_shared_by_every_clip_train_and_query(ctx: RunContext) -> None:
     subset_grads = gradients(gradient, train.subset(np.array([5, 2])), ctx)
     full = gradients(gradient, train, ctx)
     np.testing.assert_allclose(subset_grads[0], full[0, [5, 2]], rtol=1e-5, atol=1e-8)
-    noises = gradient._shared_noise(gradient.trained, ctx)
+    noises = shared_noise(gradient.trained.clip_shape, gradient.config.timesteps, ctx)
     assert len(noises) == 1 and noises[0].shape == (1, 5, 16, 16)
-
-
-def test_motion_mask_is_min_max_normalised_per_clip() -> None:
-    flows = np.zeros((2, 3, 4, 4, 2), dtype=np.float32)
-    flows[0, :, :2, :, 0] = 2.0  # top half moves
-    flows[1] = 1.0  # uniform motion: no pixel stands out
-    mask = motion_mask(flows, (4, 4, 4))
-    assert mask.shape == (2, 4, 4, 4)
-    assert mask[0].max() == pytest.approx(1.0, abs=1e-5) and mask[0].min() == 0.0
-    assert mask[0, :, :2].min() > 0.99 and mask[0, :, 2:].max() == 0.0
-    assert np.abs(mask[1]).max() < 1e-5
-    pooled = motion_mask(flows, (2, 2, 2))
-    assert pooled.shape == (2, 2, 2, 2)
 
 
 def test_bad_values_name_the_field() -> None:
@@ -263,14 +261,33 @@ def test_bad_values_name_the_field() -> None:
             DiffusionGradient(DiffusionGradientConfig(name="diffusion", **{field: value}))
 
 
-def test_prepare_without_a_model_is_a_config_error(ctx: RunContext) -> None:
+def test_gradients_need_a_bound_model(ctx: RunContext) -> None:
+    gradient = DiffusionGradient(DiffusionGradientConfig(name="diffusion"))
+    assert gradient.uses_model
+    with pytest.raises(RuntimeError, match="bind_model"):
+        next(gradient.iter_gradients(small_analysed("train"), ctx))
+
+
+def test_a_model_run_without_a_model_adapter_is_a_config_error(compose_config) -> None:
+    import dataclasses
+
+    from mwga_core.pipeline.run import build_components
+    from mwga_core.plugin_host.host import get_host
+
+    cfg = dataclasses.replace(compose_config("gradient=diffusion"), model=None)
     with pytest.raises(ConfigValueError, match="model"):
-        DiffusionGradient(DiffusionGradientConfig(name="diffusion")).prepare(small_analysed("train"), ctx)
+        build_components(cfg, get_host())
+
+
+def test_timesteps_beyond_the_schedule_are_refused_before_training() -> None:
+    gradient = DiffusionGradient(DiffusionGradientConfig(name="diffusion", timesteps=[100]))
+    with pytest.raises(ConfigValueError, match=r"timesteps.*\[0, 100\)"):
+        gradient.check_model(tiny_adapter())  # diffusion_steps=100
 
 
 def test_generated_queries_are_labelled_per_class(ctx: RunContext) -> None:
     gradient = source(ctx)
-    clips = gradient.generate_queries(["a", "b", "c", "d", "e", "f"], 2, ctx)
+    clips = generated_queries(gradient.trained, ["a", "b", "c", "d", "e", "f"], 2, ctx)
     assert clips.frames.shape == (12, 5, 16, 16, 1)
     assert clips.ids[:3] == ["generated-a-0", "generated-a-1", "generated-b-0"]
     np.testing.assert_array_equal(clips.labels, np.repeat(np.arange(6), 2))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mwga_plugins.gradients.per_sample import per_sample_gradients
 from torch import nn
+
+from mwga_core.diffusion.per_sample import per_sample_gradients
 
 
 class FrameNorm(nn.GroupNorm):

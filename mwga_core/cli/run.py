@@ -1,0 +1,115 @@
+"""``mwga [overrides]``: the attribution job Hydra composes from ``conf/`` (``-m`` for a multirun).
+
+Hydra's ``@hydra.main`` composes the config, makes the run folder and runs :func:`task` once per job;
+:func:`task` types the config with :func:`mwga_core.config.compose.to_typed` and runs :func:`run_job`.
+A config that does not compose is reported like in every other command: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mwga_core.api.errors import MwgaUserError
+from mwga_core.cli.messages import print_error, stderr, warn_plugin_problems
+from mwga_core.config.compose import (
+    COMPOSITION_ERRORS,
+    CONFIG_MODULE,
+    ConfigCompositionError,
+    composition_message,
+    to_typed,
+)
+from mwga_core.config.schema import MwgaConfig, cache_path, register_configs
+from mwga_core.plugin_host.host import get_host
+from mwga_core.reporting.run_outputs import table_console
+
+#: Hydra's switch that makes it raise a composition error instead of printing it over several lines
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+def run_job(cfg: MwgaConfig, output_dir: Path) -> dict:
+    """Run the pipeline for ``cfg``, print the table, write the outputs into ``output_dir``.
+
+    Returns the mean metrics (Hydra keeps them as the job's return value).
+    """
+    from mwga_core.api.context import RunContext
+    from mwga_core.api.progress import progress_wanted
+    from mwga_core.pipeline.run import run_attribution
+    from mwga_core.reporting.run_outputs import metric_rows, pretty_metric, rich_table, write_run_outputs
+
+    ctx = RunContext(
+        seed=cfg.seed,
+        device=cfg.device,
+        cache_dir=cache_path(cfg.cache),
+        output_dir=output_dir,
+        show_progress=progress_wanted(stderr),
+        console=stderr,
+    )
+    result = run_attribution(cfg, ctx)
+    names = cfg.eval.names()
+    write_run_outputs(result, cfg, output_dir, names)
+    (output_dir / "timings.json").write_text(json.dumps(ctx.stage_log, indent=2) + "\n")
+    corpus = result.corpus
+    title = f"{cfg.method_name}: N={len(corpus.train)} training clips, {len(corpus.queries)} queries"
+    stdout = table_console()
+    stdout.print(
+        rich_table(title, ["Pattern", *map(pretty_metric, names)], metric_rows(result.evaluation, names))
+    )
+    if not result.evaluation.per_pattern:
+        stdout.print("[dim]no query has a label: metrics skipped; the rankings are in rankings.csv[/dim]")
+    for skipped in corpus.skipped:
+        stderr.print(f"[yellow]skipped:[/] {skipped['reason']}", highlight=False)
+    stdout.print(f"[dim]outputs: {output_dir}[/dim]")
+    return result.evaluation.mean
+
+
+def task(cfg: DictConfig) -> dict:
+    """The Hydra task. Module-level and undecorated, so parallel launchers (joblib) pickle it by name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return run_job(to_typed(cfg), Path(HydraConfig.get().runtime.output_dir))
+    except MwgaUserError as error:
+        print_error(error)
+        raise SystemExit(error.exit_code) from None
+
+
+hydra_app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(task)
+
+
+@contextmanager
+def composition_errors_in_one_line() -> Iterator[None]:
+    """Make Hydra raise a config that does not compose (its ``HYDRA_FULL_ERROR`` switch) and turn it into
+    a ConfigCompositionError; a user who set ``HYDRA_FULL_ERROR=1`` gets Hydra's full traceback."""
+    if os.environ.get(HYDRA_FULL_ERROR) == "1":
+        yield
+        return
+    previous = os.environ.get(HYDRA_FULL_ERROR)
+    os.environ[HYDRA_FULL_ERROR] = "1"
+    try:
+        yield
+    except COMPOSITION_ERRORS as error:
+        raise ConfigCompositionError(composition_message(error)) from None
+    finally:
+        if previous is None:
+            os.environ.pop(HYDRA_FULL_ERROR, None)
+        else:
+            os.environ[HYDRA_FULL_ERROR] = previous
+
+
+def run_command(args: list[str]) -> int:
+    """``mwga [overrides]``: Hydra's command line (``-m``, ``--cfg job``, ``--help``, ...) over conf/."""
+    host = get_host()
+    register_configs(host)
+    warn_plugin_problems(host)
+    sys.argv = [sys.argv[0], *args]
+    with composition_errors_in_one_line():
+        hydra_app()
+    return 0
