@@ -105,3 +105,43 @@ def test_the_faiss_search_ranks_like_the_full_score_matrix(scorer_name: str, ctx
     mean = full.mean(axis=0)
     expected = sorted(np.flatnonzero(above.sum(axis=0)), key=lambda i: (-above[:, i].sum(), -mean[i], i))[:10]
     assert result.selected.tolist() == expected
+
+
+def test_any_scorer_that_says_it_is_an_inner_product_is_searched_with_faiss(ctx, monkeypatch) -> None:
+    """The capability, not a list of names: a third-party scorer declaring it gets the FAISS search."""
+    from mwga_core.api.scorers import Scorer, ScorerConfig
+    from mwga_core.retrieval import faiss_index
+    from mwga_core.retrieval.attribute import search
+
+    class ScaledDot(Scorer):
+        searchable_by_inner_product = True
+
+        def search_vectors(self, features: np.ndarray) -> np.ndarray:
+            return 3.0 * features
+
+        def score(self, query, train, ctx):
+            return 9.0 * np.einsum("kqp,knp->qn", query.astype(np.float64), train.astype(np.float64))
+
+    built = []
+    original = faiss_index.build_index
+    monkeypatch.setattr(faiss_index, "build_index", lambda *a, **k: built.append(1) or original(*a, **k))
+    rng = np.random.default_rng(1)
+    train = rng.standard_normal((1, 200, 8)).astype(np.float32)
+    query = rng.standard_normal((1, 2, 8)).astype(np.float32)
+    scorer = ScaledDot(ScorerConfig(name="scaled_dot"))
+    rows, scores = search(query, train, scorer, ctx, 10)
+    full = scorer.score(query, train, ctx)
+    assert built == [1]
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, rows, axis=1), rtol=1e-12)
+
+
+def test_a_dataset_that_reads_no_clip_files_cannot_be_indexed(tmp_path: Path, capsys) -> None:
+    from mwga_core.cli.main import main
+
+    (tmp_path / "corpus").mkdir()
+    args = ["index", str(tmp_path / "corpus"), "--out", str(tmp_path / "index"), "method=ours_simulated"]
+    assert main([*args, "dataset=synthetic"]) == 2
+    error = capsys.readouterr().err
+    assert "dataset='synthetic' is not allowed" in error and "ClipReader" in error
+    assert not (tmp_path / "index" / "manifest.json").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mwga_plugins.datasets.synthetic import PATTERNS, SyntheticConfig, SyntheticMotionBenchmark
 
 from mwga_core import hookimpl
@@ -232,21 +233,66 @@ def test_user_errors_exit_with_a_message_naming_the_field(
     assert "Traceback" not in done.stderr
 
 
+#: how each command that composes a config is called, before its overrides
+COMPOSING_COMMANDS = {
+    "mwga": [],
+    "index": ["index", "corpus", "--out", "index"],
+    "model-check": ["model-check"],
+    "flow-eval": ["flow-eval"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMPOSING_COMMANDS))
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("descriptor=nope", ["descriptor/nope", "hoof", "appearance"]),  # lists the known options
-        ("descriptor.binz=3", ["descriptor.binz", "HoofConfig"]),
+        ("descriptor=nope", ["descriptor=nope: no such option", "hoof", "appearance"]),  # lists the options
+        ("descriptor.binz=3", ["descriptor.binz: no such field in HoofConfig", "bins, normalize"]),
+        ("descriptor.bins=abc", ["descriptor.bins:", "could not be converted to Integer"]),
+        # the `+` Hydra suggests after a typo adds a key nothing reads: refused, naming the fields
+        ("+descriptor.max_magnitud=1.5", ["descriptor.max_magnitud: no such field in HoofConfig", "bins"]),
     ],
 )
-def test_composition_errors_name_the_field(override: str, expected: list[str], tmp_path: Path) -> None:
-    done = mwga(SIMULATED, SMALL, override, cwd=tmp_path)
-    assert done.returncode == 1  # Hydra's own exit code for a config that does not compose
-    for text in expected:
-        assert text in done.stderr
-    assert "HYDRA_FULL_ERROR" in done.stderr
+def test_composition_errors_read_the_same_from_every_command(
+    command: str, override: str, expected: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "corpus").mkdir()
+    done = mwga(*COMPOSING_COMMANDS[command], SIMULATED, override, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").glob("*/*/results.json"))
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), done.stderr
+    for text in expected:
+        assert text in errors[0]
+    assert not list(tmp_path.glob("outputs/*/*/results.json"))
+
+
+def test_a_sweep_with_a_bad_value_fails_in_one_line(tmp_path: Path) -> None:
+    done = mwga("-m", SIMULATED, SMALL, "descriptor.bins=abc,8", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: descriptor.bins: Value 'abc' of type 'str' could not be converted to Integer"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "group", "name"),
+    [
+        ("scorer=dot", "scorer", "dot"),
+        ("scorer=trak", "scorer", "trak"),
+        ("projection=none", "projection", "none"),
+    ],
+)
+def test_a_component_swaps_under_the_default_method(
+    override: str, group: str, name: str, tmp_path: Path
+) -> None:
+    """method=ours sets scorer.neighbours and projection.dim through the options it picks
+    (scorer=cosine_neighbours, projection=sparse_jl_2048), so another option replaces them whole."""
+    done = ok(mwga(override, "--cfg", "job", cwd=tmp_path))
+    composed = yaml.safe_load(done.stdout)
+    assert composed[group]["name"] == name
+    assert composed["method_name"] == "ours"
+    assert composed["gradient"]["name"] == "diffusion"  # the rest of the preset stays
 
 
 # -- static and broken clips, through the Python API ----------------------------------------------
@@ -318,8 +364,8 @@ def test_the_random_baseline_needs_no_motion(doctored, ctx) -> None:
 def test_every_subcommand_target_resolves_to_a_function():
     import importlib
 
-    from mwga_core.cli.main import SUBCOMMAND_TARGETS
+    from mwga_core.cli.main import SUBCOMMANDS
 
-    for name, target in SUBCOMMAND_TARGETS.items():
+    for name, target in SUBCOMMANDS.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), f"mwga {name} -> {target}"

@@ -1,7 +1,9 @@
-"""The experiment presets (conf/experiment/): what each composes to, and one real preset sweep end to end."""
+"""The experiment and method presets (conf/experiment/, conf/method/): what each composes to, that the
+method stays overridable, and one real preset sweep end to end."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,10 +18,10 @@ from mwga_core.cli.main import main
 from mwga_core.config.schema import register_configs
 from mwga_core.plugin_host.host import PluginHost
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
-#: preset -> (swept override, its values) in the paper's simulated setting
-SIMULATED = {
+#: preset -> (swept override, its values); every preset runs the paper's method unless told otherwise
+PRESETS = {
     "table1_main": (None, None),
     "table2_baselines": ("method", "ours_simulated,random,appearance,flow_magnitude"),
     "table3_bins": ("descriptor.bins", "4,8,16,32"),
@@ -34,10 +36,10 @@ def compose_with_hydra(host: PluginHost, *overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("preset", sorted(SIMULATED))
-def test_simulated_preset_sets_its_sweep(host: PluginHost, preset: str):
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_sets_its_sweep(host: PluginHost, preset: str):
     cfg = compose_with_hydra(host, f"+experiment={preset}")
-    key, values = SIMULATED[preset]
+    key, values = PRESETS[preset]
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
     assert params == ({key: values} if key else {})
     assert cfg.hydra.mode.name == "MULTIRUN"  # one command, no -m
@@ -45,6 +47,7 @@ def test_simulated_preset_sets_its_sweep(host: PluginHost, preset: str):
     assert OmegaConf.to_container(cfg.hydra.sweep)["dir"].startswith("multirun/${experiment_name}/")
     if preset != "table2_baselines":  # table2's jobs take their gradient from each swept method
         assert cfg.gradient.name == "simulated"
+        assert cfg.method_name == "ours_simulated"
 
 
 @pytest.mark.parametrize("method", ["random", "appearance", "flow_magnitude"])
@@ -57,26 +60,37 @@ def test_baselines_preset_keeps_each_methods_pipeline(host: PluginHost, method: 
     assert in_preset.method_name == method
 
 
-def test_real_presets_mirror_the_simulated_sweeps():
-    """Each real-gradient preset sweeps what its simulated twin sweeps, with the real-gradient ``ours``."""
-    for preset, (key, values) in SIMULATED.items():
-        real = yaml.safe_load((CONF / f"{preset}_real.yaml").read_text())
-        assert real["experiment_name"] == f"{preset}_real"
-        params = real["hydra"]["sweeper"]["params"] or {}
-        if preset == "table2_baselines":
-            assert params == {"method": "ours,motive,random,appearance,flow_magnitude"}
-        else:
-            assert params == ({key: values} if key else {})
-            assert {"override /method": "ours"} in real["defaults"]
-
-
-@pytest.mark.parametrize("preset", [p for p in SIMULATED if p != "table2_baselines"])
-def test_real_presets_compose_to_the_real_gradient_method(host: PluginHost, preset: str):
-    cfg = compose_with_hydra(host, f"+experiment={preset}_real")
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "table2_baselines"])
+def test_a_preset_runs_another_method_when_told(host: PluginHost, preset: str):
+    """`+experiment=<table> method=ours`: the same sweep with real gradients (one preset per table)."""
+    cfg = compose_with_hydra(host, f"+experiment={preset}", "method=ours")
+    key, values = PRESETS[preset]
+    assert (OmegaConf.to_container(cfg.hydra.sweeper.params) or {}) == ({key: values} if key else {})
     assert cfg.gradient.name == "diffusion"
     assert cfg.gradient.contrast == "reverse_static"
     assert cfg.model.conditional is False  # no label may carry the motion class into the gradient
-    assert cfg.method_name == "ours"
+    assert (cfg.method_name, cfg.experiment_name) == ("ours", preset)
+
+
+def test_method_presets_set_fields_only_through_the_options_they_pick():
+    """A preset that set `scorer.neighbours` itself would make `scorer=dot` fail to compose."""
+    for path in sorted((CONF / "method").glob("*.yaml")):
+        preset = yaml.safe_load(path.read_text())
+        assert set(preset) <= {"defaults", "method_name"}, f"{path.name} sets {sorted(set(preset))}"
+        assert all(str(entry).startswith("{'override /") for entry in preset["defaults"]), path.name
+
+
+def test_the_baselines_table_takes_another_method_list(tmp_path: Path):
+    """The swept method list is an ordinary override: the command line's list replaces the preset's."""
+    env = {**os.environ, "MWGA_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "mwga_core.cli.main", "+experiment=table2_baselines"]
+    command += ["method=random,appearance", "dataset.num_clips=24", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = [
+        json.loads(p.read_text())["method"] for p in sorted((tmp_path / "sweep").glob("*/results.json"))
+    ]
+    assert methods == ["random", "appearance"]
 
 
 def test_preset_sweep_runs_and_reports(tmp_path: Path):

@@ -13,8 +13,9 @@ The contract, in model space (``x`` is a clip as the model sees it, channels fir
   unconditional model. Training is a capability: an adapter that only loads trained weights sets
   :attr:`ModelAdapter.can_train` to False and leaves ``build_fresh`` out.
 * :meth:`ModelAdapter.load` returns a *trained* module holding given weights (a state dict);
-  :meth:`ModelAdapter.pretrained` may hand the ``model`` stage weights that come with the adapter, so
-  that nothing is trained. Both end up in a :class:`~mwga_core.api.trained_model.TrainedModel`.
+  :meth:`ModelAdapter.pretrained` may hand the ``model`` stage weights that come with the adapter
+  (:class:`PretrainedWeights`), so that nothing is trained. Either way the stage's result is a
+  :class:`~mwga_core.api.trained_model.TrainedModel`, whose ``module(step)`` calls ``load``.
 * :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
   [0, 1] and model space (N, C, T, H, W) in [-1, 1].
 * :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`, :meth:`ModelAdapter.training_loss`,
@@ -31,11 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Union
 
 import numpy as np
 
-from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.config.checks import above, at_least, check_fields, one_of, satisfies
 from mwga_core.diffusion.schedules import SCHEDULES, NoiseSchedule, add_noise, ddim_sample, make_schedule
 from mwga_core.plugin_host.registry import ComponentConfig
@@ -43,11 +45,13 @@ from mwga_core.plugin_host.registry import ComponentConfig
 if TYPE_CHECKING:
     import torch
 
-    from mwga_core.api.trained_model import TrainedModel
-
 TRAINING_OBJECTIVES = ("eps", "v")
 #: floor of alpha_bar_t in the v objective's 1 / alpha_bar_t weight (the cosine schedule's last step is ~0)
 V_OBJECTIVE_FLOOR = 1e-4
+#: one checkpoint's weights: a safetensors file, or a state dict in memory
+Weights = Union[Path, Mapping[str, "torch.Tensor"]]  # noqa: UP007 (a runtime alias with a string member)
+#: mismatching keys an error message lists at most
+SHOWN_KEYS = 5
 _UNIT_INTERVAL = satisfies(lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
@@ -146,19 +150,17 @@ class ModelAdapter:
 
         Default: :meth:`build_fresh`'s architecture (built without touching the caller's random numbers)
         with ``weights`` loaded; they must hold every parameter and buffer of the module with its shape
-        (:func:`~mwga_core.api.trained_model.load_weights` names the first that do not). An adapter whose
-        architecture comes with its weights (a pretrained folder) overrides this.
+        (:func:`load_weights` names the first that do not). An adapter whose architecture comes with its
+        weights (a pretrained folder) overrides this.
         """
         import torch
-
-        from mwga_core.api.trained_model import load_weights
 
         with torch.random.fork_rng(devices=[]):
             module = self.build_fresh(clip_shape, num_classes)
         load_weights(module, weights, origin=f"weights for {type(self).__name__}")
         return module
 
-    def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> TrainedModel | None:
+    def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> PretrainedWeights | None:
         """Trained weights that come with this adapter (e.g. a checkpoint its config names), or None.
 
         With weights, the ``model`` stage uses them and trains nothing. Default: None (mwga trains the
@@ -328,6 +330,20 @@ class ModelAdapter:
         return f"{type(self).__name__}({self.config})"
 
 
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Trained weights that come with an adapter (:meth:`ModelAdapter.pretrained`).
+
+    Attributes:
+        key: names these weights (e.g. a hash of the checkpoint file's content); gradient sources build
+            their ``checkpoint_id`` from it.
+        checkpoints: step -> that checkpoint's weights (one entry for a single trained model).
+    """
+
+    key: str
+    checkpoints: dict[int, Weights]
+
+
 class ModelCannotTrainError(MwgaUserError):
     """The run needs a model trained on the corpus, but the adapter can only load trained weights."""
 
@@ -338,3 +354,29 @@ class ModelCannotTrainError(MwgaUserError):
             "can_train=False) and it was given no trained weights: point its config at a trained model or "
             "choose an adapter that trains, e.g. model=video_denoiser."
         )
+
+
+def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Load ``weights`` into ``module`` (strict), or raise a :class:`DataError` naming what does not fit.
+
+    Args:
+        origin: what the weights are, for the message (a file name, ``"weights for VideoDenoiserAdapter"``).
+
+    The message lists up to :data:`SHOWN_KEYS` missing keys, unexpected keys and keys whose shape differs.
+    """
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    reshaped = [
+        f"{name} {tuple(weights[name].shape)} (module: {tuple(tensor.shape)})"
+        for name, tensor in expected.items()
+        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(names[:SHOWN_KEYS])}{' ...' if len(names) > SHOWN_KEYS else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+        if names
+    ]
+    if problems:
+        raise DataError(f"{origin} do not fit {type(module).__name__}: " + "; ".join(problems) + ".")
+    module.load_state_dict(dict(weights))

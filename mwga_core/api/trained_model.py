@@ -12,18 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
-from mwga_core.api.errors import DataError
-from mwga_core.api.models import ModelAdapter
+from mwga_core.api.models import ModelAdapter, Weights
 
 if TYPE_CHECKING:
     import torch
-
-#: one checkpoint's weights: a safetensors file, or a state dict in memory
-Weights = Union[Path, Mapping[str, "torch.Tensor"]]  # noqa: UP007 (a runtime alias with a string member)
-#: mismatching keys an error message lists at most
-SHOWN_KEYS = 5
 
 
 @dataclass
@@ -79,29 +73,3 @@ class TrainedModel:
         weights = self.weights(step)
         module = self.adapter.load(weights, self.clip_shape, self.adapter.embedding_classes(self.num_classes))
         return module.to(device).eval()
-
-
-def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Load ``weights`` into ``module`` (strict), or raise a :class:`DataError` naming what does not fit.
-
-    Args:
-        origin: what the weights are, for the message (a file name, ``"weights for VideoDenoiserAdapter"``).
-
-    The message lists up to :data:`SHOWN_KEYS` missing keys, unexpected keys and keys whose shape differs.
-    """
-    expected = module.state_dict()
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    reshaped = [
-        f"{name} {tuple(weights[name].shape)} (module: {tuple(tensor.shape)})"
-        for name, tensor in expected.items()
-        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(names[:SHOWN_KEYS])}{' ...' if len(names) > SHOWN_KEYS else ''}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
-        if names
-    ]
-    if problems:
-        raise DataError(f"{origin} do not fit {type(module).__name__}: " + "; ".join(problems) + ".")
-    module.load_state_dict(dict(weights))

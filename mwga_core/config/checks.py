@@ -34,11 +34,13 @@ class FieldCheck:
     """What one field accepts: ``test(value, integer)`` and the phrase an error shows.
 
     ``integer`` says whether the field is declared ``int``; ``allowed`` may hold ``{number}``, which
-    becomes "an integer" or "a number" accordingly.
+    becomes "an integer" or "a number" accordingly. ``refused`` is a value the check refuses (None when
+    no such value is known), so tests can show that the check is applied.
     """
 
     test: Callable[[Any, bool], bool]
     allowed: str
+    refused: Any = None
 
     def describe(self, integer: bool) -> str:
         return self.allowed.replace("{number}", "an integer" if integer else "a number")
@@ -61,7 +63,7 @@ def at_least(bound: float, *, finite: bool = False, note: str = "") -> dict[str,
         return _is_number(value, integer) and value >= bound and (not finite or math.isfinite(value))
 
     prefix = "a finite number" if finite else "{number}"
-    return {CHECK: FieldCheck(test, _with_note(f"{prefix} >= {bound:g}", note))}
+    return {CHECK: FieldCheck(test, _with_note(f"{prefix} >= {bound:g}", note), refused=bound - 1)}
 
 
 def above(bound: float, *, note: str = "") -> dict[str, FieldCheck]:
@@ -70,12 +72,13 @@ def above(bound: float, *, note: str = "") -> dict[str, FieldCheck]:
     def test(value: Any, integer: bool) -> bool:
         return _is_number(value, integer) and math.isfinite(value) and value > bound
 
-    return {CHECK: FieldCheck(test, _with_note(f"{{number}} > {bound:g}", note))}
+    return {CHECK: FieldCheck(test, _with_note(f"{{number}} > {bound:g}", note), refused=bound)}
 
 
 def one_of(*choices: Any) -> dict[str, FieldCheck]:
     """The field must equal one of ``choices``."""
-    return {CHECK: FieldCheck(lambda value, _: value in choices, f"one of {list(choices)}")}
+    refused = "-".join(map(str, choices)) + "-none-of-these"
+    return {CHECK: FieldCheck(lambda value, _: value in choices, f"one of {list(choices)}", refused)}
 
 
 def satisfies(test: Callable[[Any], bool], allowed: str) -> dict[str, FieldCheck]:
@@ -91,7 +94,7 @@ def satisfies(test: Callable[[Any], bool], allowed: str) -> dict[str, FieldCheck
 
 
 @functools.cache
-def _declared(schema: type) -> tuple[tuple[str, FieldCheck, bool], ...]:
+def declared_checks(schema: type) -> tuple[tuple[str, FieldCheck, bool], ...]:
     """(field name, check, declared int) for every field of ``schema`` with a check."""
     hints = typing.get_type_hints(schema)
     return tuple(
@@ -105,7 +108,7 @@ def check_fields(config: Any) -> None:
     """Raise ConfigValueError for the first field of the dataclass ``config`` its check refuses."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return
-    for name, check, integer in _declared(type(config)):
+    for name, check, integer in declared_checks(type(config)):
         value = getattr(config, name)
         if not check.test(value, integer):
             shown = list(value) if isinstance(value, list | tuple) else value

@@ -45,10 +45,13 @@ def load_or_train_model(
     num_classes = data_classes(train) if num_classes is None else num_classes
     clip_shape = tuple(int(s) for s in train.frames.shape[1:])
     with ctx.stage("model") as stage_info:
-        trained = adapter.pretrained(clip_shape, num_classes)
-        if trained is not None:
+        pretrained = adapter.pretrained(clip_shape, num_classes)
+        if pretrained is not None:
             stage_info["status"] = "pretrained"
-            return trained
+            checkpoints = dict(pretrained.checkpoints)
+            return TrainedModel(
+                adapter, clip_shape, num_classes, pretrained.key, checkpoints, {"pretrained": True}
+            )
         check_trainable(adapter, train)
         store = ModelStore(ctx.cache_dir)
         key = training_key(adapter, train, num_classes, ctx.seed)

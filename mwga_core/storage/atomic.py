@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,20 +71,31 @@ def lock_path(path: Path) -> Path:
 
 
 @contextmanager
-def entry_lock(path: Path, timeout: float = -1) -> Iterator[None]:
+def entry_lock(path: Path, timeout: float = -1, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the inter-process lock of ``path`` (a file or folder, which need not exist) for the block.
 
     Args:
         path: what the lock guards; the lock file is :func:`lock_path` of it (its folder is created).
         timeout: seconds to wait, -1 (default) to wait as long as it takes; on expiry
             :class:`filelock.Timeout` is raised.
+        on_wait: called once when another process holds the lock, before waiting for it (to say why
+            the run pauses).
 
     The lock is not reentrant across calls: do not take the same path's lock twice in one block.
     """
     lock_file = lock_path(path)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock_file, timeout=timeout):
+    lock = FileLock(lock_file, timeout=timeout)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def lock_is_free(path: Path) -> bool:

@@ -31,6 +31,7 @@ damaged cache never stops a run.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from mwga_core.storage.atomic import entry_lock, save_npy_atomic
 from mwga_core.storage.stage_cache import PendingEntry, StageCache
 
 STAGE = "features"
+log = logging.getLogger("mwga")
 
 
 class DamagedPartialError(Exception):
@@ -92,11 +94,17 @@ class FeatureStore:
 
         The lock is held for the whole block when the entry is not complete yet: fill it inside.
         """
+        if not cache.enabled:
+            raise ValueError("the features entry lives in the stage cache, which is disabled")
         store = cls(cache, key, count, config)
         if store._read_complete():
             yield store
             return
-        with entry_lock(store.path):
+
+        def say_why_we_wait() -> None:
+            log.info(f"another run is computing the features {store.path}; waiting for it")
+
+        with entry_lock(store.path, on_wait=say_why_we_wait):
             # another process may have completed the entry while this one waited for the lock
             if not store._read_complete():
                 try:
@@ -167,7 +175,7 @@ class FeatureStore:
         self._committed = True
 
     def _read_complete(self) -> bool:
-        found = self.cache.load(STAGE, self.key, {"features": (None, self.count, None)})
+        found = self.cache.load(STAGE, self.key, {"features": (None, self.count, None)}, mmap=True)
         if found is None:
             return False
         features = found[0]["features"]

@@ -12,11 +12,10 @@ from mwga_core.api.errors import MwgaUserError
 from mwga_core.api.motion import MotionConfig, MotionEstimator
 from mwga_core.cli.main import main
 from mwga_core.evaluation.flow_eval import (
+    estimator_overrides,
     evaluate_estimator,
     flow_metrics,
     interior_mask,
-    parse_estimator_spec,
-    parse_set_overrides,
 )
 from mwga_core.testing import small_corpus
 
@@ -71,26 +70,20 @@ def test_per_pattern_scores_of_zero_flow_equal_each_patterns_speed(ctx) -> None:
         assert score.clips == selected.sum()
 
 
-def test_spec_and_override_parsing() -> None:
-    assert parse_estimator_spec("dis:preset=fast:finest_scale=0") == (
+def test_an_estimator_spec_is_a_list_of_overrides() -> None:
+    assert estimator_overrides("dis:preset=fast:finest_scale=0") == (
         "dis",
-        {"preset": "fast", "finest_scale": 0},
+        ["motion=dis", "motion.preset=fast", "motion.finest_scale=0"],
     )
-    assert parse_estimator_spec("farneback") == ("farneback", {})
+    assert estimator_overrides("farneback") == ("farneback", ["motion=farneback"])
     with pytest.raises(MwgaUserError, match="FIELD=VALUE"):
-        parse_estimator_spec("dis:fast")
-    assert parse_set_overrides(["motion.checkpoint=a/b.pth", "dataset.size=16"]) == {
-        "motion": {"checkpoint": "a/b.pth"},
-        "dataset": {"size": 16},
-    }
-    with pytest.raises(MwgaUserError, match="TARGET.FIELD=VALUE"):
-        parse_set_overrides(["checkpoint=x"])
+        estimator_overrides("dis:fast")
 
 
 def test_flow_eval_command_writes_tables_and_pictures(host, tmp_path: Path, capsys) -> None:
     out, pictures = tmp_path / "eval", tmp_path / "png"
     args = ["flow-eval", "--estimators", "farneback,dis:preset=ultrafast", "--clips", "6", "--out", str(out)]
-    args += ["--set", "dataset.size=16", "--set", "dataset.num_frames=3", "--border", "2"]
+    args += ["dataset.size=16", "dataset.num_frames=3", "--border", "2"]
     assert main([*args, "--save-flow-png", str(pictures)]) == 0
     document = json.loads((out / "flow_eval.json").read_text())
     rows = document["scores"]
@@ -98,6 +91,8 @@ def test_flow_eval_command_writes_tables_and_pictures(host, tmp_path: Path, caps
     assert {r["estimator"] for r in rows} == {"farneback", "dis:preset=ultrafast"}
     assert all(0 <= r["epe"] < 1.0 and r["acc_3px"] == 1.0 for r in rows)
     assert document["settings"]["border"] == 2 and document["settings"]["frame_size"] == [16, 16]
+    assert document["settings"]["clips"] == 6
+    assert "preset='ultrafast'" in document["settings"]["estimators"]["dis:preset=ultrafast"]
     assert (out / "flow_eval.csv").read_text().count("\n") == 15
     assert "| farneback | horizontal pan |" in (out / "flow_eval.md").read_text()
     assert "EPE (px)" in capsys.readouterr().out
@@ -110,31 +105,32 @@ def test_flow_eval_command_writes_tables_and_pictures(host, tmp_path: Path, caps
     assert (pictures / "zoom_in_dis_preset_ultrafast.flo").is_file()
 
 
+def test_without_estimators_the_configs_motion_is_evaluated(host, tmp_path: Path) -> None:
+    args = ["flow-eval", "--clips", "6", "--out", str(tmp_path), "dataset.size=16", "dataset.num_frames=3"]
+    assert main([*args, "motion=dis", "motion.preset=ultrafast"]) == 0
+    settings = json.loads((tmp_path / "flow_eval.json").read_text())["settings"]
+    assert list(settings["estimators"]) == ["dis"]
+    assert "preset='ultrafast'" in settings["estimators"]["dis"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--estimators", "nonesuch"], "unknown motion"),
-        (["--set", "motion.no_such_field=1"], "no chosen estimator has a field"),
-        (["--set", "farneback.winsize=1"], "motion.winsize=1"),
-        (["--estimators", "dis:colour=red"], "has no field"),
-        (["--set", "elsewhere.x=1"], "unknown target"),
+        (["--estimators", "nonesuch"], "motion=nonesuch: no such option"),
+        (["motion.no_such_field=1"], "motion.no_such_field: no such field in FarnebackConfig"),
+        (["--estimators", "farneback:winsize=1"], "motion.winsize=1"),
+        (["--estimators", "dis:colour=red"], "motion.colour: no such field in DisConfig"),
+        (["elsewhere.x=1"], "elsewhere"),
         (["--border", "8"], "--border 8"),
         (["--estimators", "none"], "computes no flow"),
+        (["dataset=video_folder"], "train_dir"),  # no ground-truth flow there, and no folder given
     ],
 )
 def test_flow_eval_command_reports_user_errors(
     host, tmp_path: Path, capsys, extra: list[str], message: str
 ) -> None:
-    args = [
-        "flow-eval",
-        "--clips",
-        "6",
-        "--out",
-        str(tmp_path),
-        "--set",
-        "dataset.size=16",
-        "--set",
-        "dataset.num_frames=2",
-    ]
+    args = ["flow-eval", "--clips", "6", "--out", str(tmp_path), "dataset.size=16", "dataset.num_frames=2"]
+    if "dataset=video_folder" in extra:
+        args = ["flow-eval", "--out", str(tmp_path)]
     assert main([*args, *extra]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")

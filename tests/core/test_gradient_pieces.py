@@ -34,7 +34,7 @@ from mwga_core.diffusion.objectives import (
     motion_mask,
     shared_noise,
 )
-from mwga_core.testing.contracts import make_context
+from mwga_core.testing import make_context
 
 SHAPE = (5, 16, 16, 1)  # (T, H, W, C)
 N = 5

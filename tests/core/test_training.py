@@ -19,7 +19,7 @@ from mwga_core.api.trained_model import TrainedModel
 from mwga_core.diffusion import training
 from mwga_core.diffusion.sampling import sample_per_class
 from mwga_core.pipeline import model_stage
-from mwga_core.testing.contracts import make_context, small_corpus
+from mwga_core.testing import make_context, small_corpus
 
 
 def tiny_adapter(

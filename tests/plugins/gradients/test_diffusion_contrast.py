@@ -10,7 +10,7 @@ from test_diffusion_gradient import gradients, source, tiny_adapter
 from mwga_core.api.clips import AnalysedClips
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
-from mwga_core.testing.contracts import small_analysed
+from mwga_core.testing import small_analysed
 
 
 def reversed_in_time(clips: AnalysedClips) -> AnalysedClips:

@@ -16,7 +16,7 @@ from mwga_core.diffusion.objectives import shared_noise
 from mwga_core.diffusion.sampling import generated_queries
 from mwga_core.pipeline.model_stage import prepare_gradient_source
 from mwga_core.storage.model_store import model_from_module
-from mwga_core.testing.contracts import GradientSourceContract, small_analysed
+from mwga_core.testing import GradientSourceContract, small_analysed
 
 
 def tiny_adapter(label_dropout: float = 0.0, **fields) -> VideoDenoiserAdapter:
