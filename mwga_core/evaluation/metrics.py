@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError, DataError
 
 
 @dataclass
@@ -116,7 +116,11 @@ def evaluate(
         rankings (Q, N) and the :class:`Evaluation`. A query with an unknown label (-1, e.g. an unlabelled
         video folder) is ranked but not evaluated: its ``per_query`` entry is ``{}``; with no labelled
         query at all, every mean is NaN.
+    Raises:
+        DataError: a labelled query whose pattern has no training clip (every metric would be a
+            meaningless 0, e.g. a labels file that names no training clip).
     """
+    _refuse_queries_without_relevant_clips(query_labels, train_labels, class_names)
     rankings = rank_clips(scores)
     per_query = [
         query_metrics(rankings[q], train_labels == query_labels[q], scores[q], spec)
@@ -135,3 +139,18 @@ def evaluate(
         for name in names
     }
     return rankings, Evaluation(per_query=per_query, per_pattern=per_pattern, mean=mean)
+
+
+def _refuse_queries_without_relevant_clips(
+    query_labels: np.ndarray, train_labels: np.ndarray, class_names: list[str]
+) -> None:
+    present = set(np.asarray(train_labels)[np.asarray(train_labels) >= 0].tolist())
+    orphans = sorted({int(label) for label in query_labels if label >= 0 and int(label) not in present})
+    if orphans:
+        names = [class_names[label] if label < len(class_names) else str(label) for label in orphans]
+        labelled = len(present)
+        raise DataError(
+            f"no training clip has the pattern of the queries labelled {', '.join(names)} "
+            f"({labelled} training pattern(s) labelled in all): their metrics would be all zeros. "
+            "Check that the labels file names the training clips (dataset.labels), or drop those queries."
+        )

@@ -14,7 +14,12 @@ Example (in your package's ``tests/test_my_descriptor.py``)::
 
 Pytest collects only classes whose names start with ``Test``; the contracts themselves are never
 collected. mwga's built-in components are tested with the same classes (``tests/plugins/test_contracts.py``).
-This subpackage imports pytest, so import it from tests only.
+This subpackage imports pytest, so import it from tests only. Its modules:
+
+* :mod:`~mwga_core.testing.component`: the checks every component passes (``ComponentContract``);
+* :mod:`~mwga_core.testing.contracts`: one contract per component kind;
+* :mod:`~mwga_core.testing.inputs`: tiny moving clips with exact flow, features and a quiet run context,
+  rendered by the kit itself (it needs no built-in plugin).
 """
 
 from mwga_core.testing.contracts import (

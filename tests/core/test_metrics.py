@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError, DataError
 from mwga_core.evaluation.metrics import MetricSpec, evaluate, query_metrics, rank_clips
 from mwga_core.pipeline.run import run_attribution
 
@@ -123,6 +123,20 @@ def test_query_without_relevant_clips() -> None:
     metrics = query_metrics(np.arange(3), np.zeros(3, dtype=bool), scores, MetricSpec([1], [1], [1]))
     assert (metrics["P@1"], metrics["R@1"], metrics["MRR"], metrics["NDCG@1"]) == (0.0, 0.0, 0.0, 0.0)
     assert metrics["score_gap"] == 0.0 and math.isnan(metrics["mean_gt_rank"])
+
+
+def test_evaluate_refuses_a_labelled_query_whose_pattern_has_no_training_clip() -> None:
+    """A labels file that names no training clip used to print a table of zeros (issue 14, item 3)."""
+    scores = np.array([[0.3, 0.2, 0.1]])
+    with pytest.raises(DataError, match="pattern of the queries labelled b"):
+        evaluate(scores, np.array([1]), np.array([0, 0, -1]), ["a", "b"], MetricSpec([1], [1], [1]))
+
+
+def test_evaluate_ranks_unlabelled_queries_against_unlabelled_clips() -> None:
+    rankings, evaluation = evaluate(
+        np.array([[0.1, 0.3]]), np.array([-1]), np.array([-1, -1]), [], MetricSpec([1], [1], [1])
+    )
+    assert rankings.tolist() == [[1, 0]] and evaluation.per_query == [{}]
 
 
 def test_query_where_every_clip_is_relevant() -> None:
