@@ -59,9 +59,9 @@ def to_typed(cfg: DictConfig) -> MwgaConfig:
 
     Refuses keys no dataclass declares, missing values and out-of-range fields, each in one line.
     """
-    for group in COMPONENT_GROUPS:  # `~group` leaves it missing, or untyped when a preset sets a field
-        missing = group in cfg and OmegaConf.is_missing(cfg, group)
-        if missing or (group in cfg and not dataclasses.is_dataclass(OmegaConf.get_type(cfg, group))):
+    # `~group` leaves a group missing, or untyped when something still sets one of its fields
+    for group in (key for key in cfg if key in COMPONENT_GROUPS):  # `in cfg` is False for a missing one
+        if OmegaConf.is_missing(cfg, group) or not dataclasses.is_dataclass(OmegaConf.get_type(cfg, group)):
             raise ConfigCompositionError(f"{group}: no component chosen; pick one with {group}=<name>")
     _refuse_unknown_keys(cfg, "")
     try:
