@@ -41,13 +41,15 @@ from mwga_core import __version__
 from mwga_core.api.clips import AnalysedClips, ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.datasets import require_clip_reader
-from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.config.schema import MwgaConfig, as_container, group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
 from mwga_core.storage.atomic import entry_lock, write_json_atomic
 from mwga_core.storage.index_store import (
     FORMAT_VERSION,
+    SHARDS,
     RowSource,
+    check_index_folder,
     gather_rows,
     open_rows,
     read_manifest,
@@ -57,7 +59,6 @@ from mwga_core.storage.index_store import (
 from mwga_core.storage.keys import entry_key
 
 #: the folder of shards inside an index
-SHARDS = "shards"
 
 #: dataset fields that say where clips are or how to treat bad ones; they do not change any feature
 DATASET_LOCATION_FIELDS = ("train_dir", "query_dir", "query_files", "labels", "on_error")
@@ -155,6 +156,7 @@ def index_corpus(
         raise ConfigValueError("--batch-size", batch_size, "an integer >= 1")
     cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     cfg.dataset.train_dir = str(corpus_dir)
+    check_index_folder(index_dir, corpus_dir)
     with entry_lock(index_dir):
         manifest = None if rebuild else read_manifest(index_dir)
         if manifest is not None and not cfg.dataset.labels:
@@ -170,6 +172,9 @@ def index_corpus(
         check_executor(cfg)  # a bad executor value fails before any work
 
         identity = index_identity(cfg, keep_flows)
+        files = dataset.scan(corpus_dir)  # a missing or unreadable corpus fails before --rebuild deletes
+        if not files:
+            raise DataError(f"{corpus_dir}: no clips found (videos, .npy arrays or folders of frames).")
         if rebuild:
             shutil.rmtree(index_dir, ignore_errors=True)
         if manifest is not None and manifest["identity"] != identity:
@@ -179,7 +184,6 @@ def index_corpus(
                 "or --rebuild to start over."
             )
         index_dir.mkdir(parents=True, exist_ok=True)
-        files = dataset.scan(corpus_dir)
         names = dataset.label_names(files, "train")
         label_of = {f.id: n for f, n in zip(files, names, strict=True)}
         class_names = sorted({n for n in names if n is not None})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ FORMAT_VERSION = 1
 #: the arrays of every data or shard folder (``flows`` is optional)
 ARRAYS = ("features", "descriptors", "static")
 MANIFEST = "manifest.json"
+#: the folder of resumable batches a run writes before it consolidates them into ``data-<n>/``
+SHARDS = "shards"
 SHARD_META = "shard.json"
 
 
@@ -60,6 +63,49 @@ class IndexData:
     @property
     def ids(self) -> list[str]:
         return [clip["id"] for clip in self.clips]
+
+
+def _made_by_an_index(entry: Path) -> bool:
+    """What an index folder holds: its manifest, data folders, shards and temporary files."""
+    name = entry.name
+    return (
+        name in (MANIFEST, SHARDS)
+        or re.fullmatch(r"data-\d+", name) is not None
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
+
+
+def check_index_folder(index_dir: Path, corpus_dir: Path) -> None:
+    """Refuse an ``--out`` that is not an index mwga made (or a new or empty folder), before any write.
+
+    ``mwga index --rebuild`` deletes ``index_dir``; this check is what keeps it from deleting a folder of
+    someone else's files, the corpus itself or a folder that holds it.
+
+    Raises:
+        DataError: ``index_dir`` is a file, holds files an index does not write, contains the corpus or
+            lies inside it.
+    """
+    index_dir, corpus_dir = Path(index_dir).expanduser().resolve(), Path(corpus_dir).expanduser().resolve()
+    if index_dir.exists() and not index_dir.is_dir():
+        raise DataError(f"--out {index_dir} is a file, not an index folder: choose a folder.")
+    if index_dir == corpus_dir or corpus_dir.is_relative_to(index_dir):
+        raise DataError(
+            f"--out {index_dir} contains the corpus {corpus_dir}: the index needs a folder of its own."
+        )
+    if index_dir.is_relative_to(corpus_dir):
+        raise DataError(
+            f"--out {index_dir} lies inside the corpus {corpus_dir}: its files would be read as clips. "
+            "Put the index outside the corpus folder."
+        )
+    if not index_dir.is_dir():
+        return
+    foreign = sorted(entry.name for entry in index_dir.iterdir() if not _made_by_an_index(entry))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DataError(
+            f"--out {index_dir} is not an mwga index (it holds {shown}): mwga index writes (and --rebuild "
+            "deletes) only a new folder or an index it made. Choose another --out."
+        )
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from mwga_plugins.gradients.simulated import SimulatedGradient, SimulatedGradien
 
 from mwga_core import hookimpl
 from mwga_core.api.clips import AnalysedClips
+from mwga_core.api.errors import DataError
 from mwga_core.config.compose import compose
 from mwga_core.retrieval.index import IndexMismatchError, index_corpus
 from mwga_core.storage.index_store import load_index
@@ -176,3 +177,68 @@ def test_skipped_files_are_listed_and_retried(make_index, write_clips, tmp_path:
     COMPUTED.clear()
     again = make_index(corpus, out, "dataset.on_error=skip")
     assert (again.total, again.computed, again.skipped) == (7, 1, [])
+
+
+# --- --out and --rebuild never lose data (issue 14, item 1) -------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_a_folder_that_is_not_an_index_is_refused_and_kept(
+    make_index, write_clips, tmp_path: Path, rebuild: bool
+) -> None:
+    corpus, thesis = tmp_path / "corpus", tmp_path / "thesis"
+    write_clips(corpus, 0, 6)
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("months of work")
+    before = _snapshot(thesis)
+    with pytest.raises(DataError, match=r"is not an mwga index \(it holds chapter1.tex\)"):
+        make_index(corpus, thesis, rebuild=rebuild)
+    assert _snapshot(thesis) == before
+
+
+@pytest.mark.parametrize("where", ["corpus", "parent", "inside"])
+def test_an_out_folder_overlapping_the_corpus_is_refused(
+    make_index, write_clips, tmp_path: Path, where: str
+) -> None:
+    corpus = tmp_path / "corpus"
+    write_clips(corpus, 0, 6)
+    out = {"corpus": corpus, "parent": tmp_path, "inside": corpus / "index"}[where]
+    before = _snapshot(tmp_path)
+    with pytest.raises(DataError, match="corpus"):
+        make_index(corpus, out, rebuild=True)
+    assert _snapshot(tmp_path) == before
+
+
+def test_rebuild_with_a_missing_corpus_keeps_the_old_index(make_index, write_clips, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    make_index(corpus, out)
+    before = _snapshot(out)
+    with pytest.raises(DataError, match="not a folder of clips"):
+        make_index(tmp_path / "no_such_folder", out, rebuild=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no clips found"):
+        make_index(tmp_path / "empty", out, rebuild=True)
+    assert _snapshot(out) == before
+
+
+def test_rebuild_of_an_index_starts_over(make_index, write_clips, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    make_index(corpus, out)
+    COMPUTED.clear()
+    again = make_index(corpus, out, rebuild=True)
+    assert again.computed == 6 and len(COMPUTED) == 6
+
+
+def test_out_pointing_at_a_file_is_refused(make_index, write_clips, tmp_path: Path) -> None:
+    corpus, target = tmp_path / "corpus", tmp_path / "notes.txt"
+    write_clips(corpus, 0, 6)
+    target.write_text("keep me")
+    with pytest.raises(DataError, match="is a file, not an index folder"):
+        make_index(corpus, target, rebuild=True)
+    assert target.read_text() == "keep me"
