@@ -142,6 +142,13 @@ def load_index(index_dir: str | Path) -> IndexData:
         raise DataError(f"{data}: the index data cannot be read ({error}); run `mwga index` again.") from None
     if arrays["features"].shape[1] != len(clips):
         raise DataError(f"{data}: features hold {arrays['features'].shape[1]} rows for {len(clips)} clips.")
+    damaged = np.flatnonzero(~finite_rows(arrays["features"]))
+    if damaged.size:
+        names = ", ".join(clips[row]["id"] for row in damaged[:5]) + (" ..." if damaged.size > 5 else "")
+        raise DataError(
+            f"{data / 'features.npy'}: {damaged.size} clip(s) have non-finite features ({names}): the file is "
+            "damaged. Run `mwga index` on the corpus again: it recomputes those clips."
+        )
     return IndexData(index_dir, manifest, clips, flows=flows, **arrays)
 
 
@@ -176,8 +183,22 @@ def open_rows(path: Path, rows_key: str | None = None) -> RowSource | None:
         return None
     if any(len(array) != len(clips) for name, array in arrays.items() if name != "features"):
         return None
-    rows = {(c["id"], c["size"], c["mtime_ns"]): row for row, c in enumerate(clips)}
+    finite = finite_rows(arrays["features"])  # a damaged row is recomputed, never reused
+    rows = {(c["id"], c["size"], c["mtime_ns"]): row for row, c in enumerate(clips) if finite[row]}
     return RowSource(path, rows, arrays)
+
+
+def finite_rows(features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Which clips' features are all finite, read in chunks of clips so a memory-mapped index stays mapped.
+
+    Shape:
+        features: (K, N, P). returns: (N,) bool.
+    """
+    finite = np.empty(features.shape[1], dtype=bool)
+    for start in range(0, features.shape[1], chunk):
+        block = np.asarray(features[:, start : start + chunk])
+        finite[start : start + chunk] = np.isfinite(block).all(axis=(0, 2))
+    return finite
 
 
 def write_rows(

@@ -242,3 +242,23 @@ def test_out_pointing_at_a_file_is_refused(make_index, write_clips, tmp_path: Pa
     with pytest.raises(DataError, match="is a file, not an index folder"):
         make_index(corpus, target, rebuild=True)
     assert target.read_text() == "keep me"
+
+
+def test_a_non_finite_feature_row_is_refused_at_load_and_recomputed_by_index(
+    make_index, write_clips, tmp_path: Path
+) -> None:
+    """A NaN row in features.npy used to score 0.0 and survive re-indexing (issue 14, item 3)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "index"
+    write_clips(corpus, 0, 6)
+    make_index(corpus, out)
+    good = load_index(out).features.copy()
+    data = out / json.loads((out / "manifest.json").read_text())["data"]
+    damaged = np.load(data / "features.npy")
+    damaged[:, 2] = np.nan
+    np.save(data / "features.npy", damaged)
+    with pytest.raises(DataError, match="non-finite features"):
+        load_index(out)
+    COMPUTED.clear()
+    again = make_index(corpus, out)
+    assert again.computed == 1 and len(COMPUTED) == 1
+    np.testing.assert_array_equal(load_index(out).features, good)
