@@ -1,4 +1,4 @@
-"""The contract between mwga and its plugins: one hook per component kind.
+"""The contract between mwga and its plugins: one hook per component kind, and one for subcommands.
 
 Every hook receives a ``register`` callback (a :class:`mwga_core.plugin_host.registry.Registrar`). A plugin calls
 ``register(name, component_class, config_class, description=...)`` once per component it provides; the
@@ -56,3 +56,8 @@ def mwga_register_scorers(register):
 @hookspec
 def mwga_register_models(register):
     """Register model adapters: trainable diffusion models that gradients are taken of (config group ``model``)."""
+
+
+@hookspec
+def mwga_register_commands(register):
+    """Register subcommands: ``register(name, function, help=...)`` makes ``mwga <name> args`` call ``function(args)``."""

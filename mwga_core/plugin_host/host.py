@@ -29,6 +29,7 @@ import pluggy
 
 from mwga_core.api.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
 from mwga_core.plugin_host import hookspecs
+from mwga_core.plugin_host.commands import COMMANDS_HOOK, CommandRegistrar, CommandRegistry
 from mwga_core.plugin_host.kinds import KINDS, KINDS_BY_GROUP
 from mwga_core.plugin_host.registry import Registrar, Registry
 
@@ -108,6 +109,7 @@ class PluginHost:
         self.registries: dict[str, Registry] = {
             kind.group: Registry(kind, file_options.get(kind.group)) for kind in KINDS
         }
+        self.commands = CommandRegistry()
         self.records: dict[str, PluginRecord] = {}
 
     # -- loading -------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ class PluginHost:
 
     def _check_hook_names(self, plugin: object, name: str) -> None:
         """A misspelled hook (``mwga_register_descriptor``) is an error, not a silent no-op."""
-        known = {kind.hook for kind in KINDS}
+        known = {kind.hook for kind in KINDS} | {COMMANDS_HOOK}
         for attribute in dir(plugin):
             if attribute.startswith("mwga_") and attribute not in known:
                 raise PluginLoadError(
@@ -190,6 +192,22 @@ class PluginHost:
                     return
                 if registrar.registered:
                     record.registered.setdefault(kind.group, []).extend(registrar.registered)
+        for impl in self.manager.hook.mwga_register_commands.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            commands = CommandRegistrar(self.commands, record.name)
+            try:
+                impl.function(register=commands)
+            except Exception as error:
+                for registry in self.registries.values():
+                    registry.remove_plugin(record.name)
+                self.commands.remove_plugin(record.name)
+                record.registered.clear()
+                self.manager.unregister(plugin)
+                self._fail(record, error)
+                return
+            if commands.registered:
+                record.registered.setdefault("commands", []).extend(commands.registered)
 
     def _fail(self, record: PluginRecord, error: BaseException) -> None:
         record.status = "failed"

@@ -147,3 +147,16 @@ class RaftFlow(MotionEstimator):
 @hookimpl
 def mwga_register_motion_estimators(register):
     register("raft", RaftFlow, RaftConfig, description="RAFT (large/small/tiny) from a local checkpoint")
+
+
+@hookimpl
+def mwga_register_commands(register):
+    register(
+        "train-raft", _train_raft, help="train RAFT on the synthetic benchmark's exact flow (docs/cli.md)"
+    )
+
+
+def _train_raft(args: list[str]) -> int:
+    from mwga_plugins.motion.raft_net.train import main
+
+    return main(args)
