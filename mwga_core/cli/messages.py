@@ -7,6 +7,7 @@ file or a pipe whatever its length; tables go to stdout (:func:`mwga_core.report
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from mwga_core.api.errors import MwgaUserError
 from mwga_core.plugin_host.host import PluginHost
@@ -16,7 +17,8 @@ stderr = Console(stderr=True)
 
 def print_error(error: MwgaUserError) -> None:
     """``error: <message>`` on one line of stderr."""
-    stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    # escape: a message may hold square brackets ("[min, max]", "dataset.size=[24]") that rich would eat
+    stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
 
 
 def warn_plugin_problems(host: PluginHost) -> None:
@@ -24,7 +26,8 @@ def warn_plugin_problems(host: PluginHost) -> None:
     for record in host.failures():
         where = f"{record.distribution} {record.version}" if record.distribution else record.module
         stderr.print(
-            f"[yellow]warning:[/] plugin {record.name!r} ({where}) failed and was skipped: {record.error} "
+            f"[yellow]warning:[/] plugin {escape(record.name)!r} ({escape(str(where))}) failed and was skipped: "
+            f"{escape(str(record.error))} "
             "(see `mwga plugins`)",
             highlight=False,
             soft_wrap=True,

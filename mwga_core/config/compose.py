@@ -15,6 +15,7 @@ declares (:mod:`mwga_core.config.checks`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,7 @@ def to_typed(cfg: DictConfig) -> MwgaConfig:
         if OmegaConf.is_missing(cfg, group) or not dataclasses.is_dataclass(OmegaConf.get_type(cfg, group)):
             raise ConfigCompositionError(f"{group}: no component chosen; pick one with {group}=<name>")
     _refuse_unknown_keys(cfg, "")
+    _refuse_non_finite(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), "")
     try:
         typed = OmegaConf.to_object(cfg)
     except COMPOSITION_ERRORS as error:
@@ -92,6 +94,21 @@ def from_container(data: dict[str, Any], *, host: PluginHost) -> MwgaConfig:
     except COMPOSITION_ERRORS as error:
         raise ConfigCompositionError(composition_message(error)) from None
     return to_typed(node)
+
+
+def _refuse_non_finite(value: Any, path: str) -> None:
+    """No field of mwga means anything by NaN or infinity (``gradient.noise_scale=nan`` once gave
+    all-zero scores and a table): every float anywhere in the config must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigCompositionError(f"{path}={value} is not allowed: expected a finite number")
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, child in children:
+        _refuse_non_finite(
+            child,
+            f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key),
+        )
 
 
 def _refuse_unknown_keys(node: DictConfig, path: str) -> None:

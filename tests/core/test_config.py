@@ -71,6 +71,9 @@ def test_compose_gives_the_typed_config(host: PluginHost) -> None:
         ("~model", "model: no component chosen; pick one with model=<name>"),
         ("~descriptor", "descriptor: no component chosen"),
         ("eval=???", "eval: no value"),
+        ("static_threshold=nan", "static_threshold=nan is not allowed: expected a finite number"),
+        ("dataset.speed=[0.5,inf]", "dataset.speed[1]=inf is not allowed: expected a finite number"),
+        ("static_threshold=-inf", "static_threshold=-inf is not allowed: expected a finite number"),
     ],
 )
 def test_a_config_that_does_not_compose_is_one_line(host: PluginHost, override: str, message: str) -> None:
@@ -133,3 +136,28 @@ def test_declared_checks_refuse_with_the_fields_message(changes: dict, field_nam
     with pytest.raises(ConfigValueError) as raised:
         check_fields(Example(**changes))
     assert (raised.value.field, raised.value.allowed) == (field_name, allowed)
+
+
+def test_a_message_with_square_brackets_reaches_the_terminal_whole(tmp_path) -> None:
+    """rich once ate "[min, max]" from "expected [min, max] of finite numbers" (issue 14, poor messages)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mwga_core.cli.main", "dataset.speed=[2,0.5]", "method=ours_simulated"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: dataset.speed=[2.0, 0.5] is not allowed: expected [min, max] of finite numbers with "
+        "0 < min <= max."
+    )
+
+
+def test_a_non_finite_component_field_is_refused(host: PluginHost) -> None:
+    """``gradient.noise_scale=nan`` once gave all-zero scores and a table (issue 14, item 3)."""
+    with pytest.raises(ConfigCompositionError, match=r"^gradient.noise_scale=nan is not allowed"):
+        compose(["method=ours_simulated", "gradient.noise_scale=nan"], host=host)
