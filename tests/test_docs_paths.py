@@ -46,3 +46,17 @@ def test_named_modules_exist(page: Path) -> None:
     names = {m.rstrip(".") for m in DOTTED.findall(page.read_text())}
     missing = sorted(name for name in names if not _dotted_exists(name))
     assert not missing, f"{page.relative_to(REPO)} names modules that do not exist: {missing}"
+
+
+def test_the_folder_map_names_every_core_folder_with_its_module_count() -> None:
+    """docs/architecture.md opens with the folder map; a folder added or grown must show up there."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    counts = dict(re.findall(r"^\| `(\w+)/` \| (\d+) \|", page, flags=re.MULTILINE))
+    folders = {
+        path.name: len([p for p in path.glob("*.py") if p.name != "__init__.py"])
+        for path in (REPO / "mwga_core").iterdir()
+        if (path / "__init__.py").exists()
+    }
+    assert {name: int(n) for name, n in counts.items()} == folders
+    tree = page.split("## The folder map", 1)[1].split("## ", 1)[0]
+    assert all(f"── {name}/" in tree for name in folders), "a core folder is missing from the folder tree"
