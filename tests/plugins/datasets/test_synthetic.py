@@ -213,3 +213,160 @@ def test_config_errors_through_the_host_name_the_group(host) -> None:
         host.build("dataset", {"name": "synthetic", "num_clips": 3})
     with pytest.raises(ConfigValueError, match=r"dataset\.patterns=.*'spin'.*horizontal_pan"):
         host.build("dataset", {"name": "synthetic", "patterns": ["spin"]})
+
+
+# --- benchmark variants ---------------------------------------------------------------------------
+
+
+def mean_flow(corpus: Corpus, pattern: str) -> np.ndarray:
+    """(n, 2) mean ground-truth flow of the training clips of one pattern."""
+    clips = corpus.train.labels == PATTERNS.index(pattern)
+    return corpus.train.gt_flow[clips].mean(axis=(1, 2, 3))
+
+
+def curl_and_divergence(corpus: Corpus, pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) mean curl and divergence of the first frame pair's flow of one pattern's clips."""
+    flow = corpus.train.gt_flow[corpus.train.labels == PATTERNS.index(pattern), 0]
+    du_dy, du_dx = np.gradient(flow[..., 0], axis=(1, 2))
+    dv_dy, dv_dx = np.gradient(flow[..., 1], axis=(1, 2))
+    return (dv_dx - du_dy).mean(axis=(1, 2)), (du_dx + dv_dy).mean(axis=(1, 2))
+
+
+def test_fixed_directions_are_the_papers(default_corpus: Corpus) -> None:
+    assert (mean_flow(default_corpus, "horizontal_pan")[:, 0] > 0).all()
+    assert (mean_flow(default_corpus, "vertical_tilt")[:, 1] > 0).all()
+    assert (mean_flow(default_corpus, "diagonal_slide") > 0).all()
+    curl, _ = curl_and_divergence(default_corpus, "rotation_cw")
+    _, divergence = curl_and_divergence(default_corpus, "zoom_in")
+    assert (curl > 0).all() and (divergence > 0).all()
+
+
+def test_both_directions_move_each_class_either_way_at_the_same_speeds() -> None:
+    corpus = load(num_clips=120, direction="both", rotation_direction="both", zoom_direction="both")
+    pans, tilts, slides = (
+        mean_flow(corpus, p) for p in ("horizontal_pan", "vertical_tilt", "diagonal_slide")
+    )
+    for along in (pans[:, 0], tilts[:, 1], slides[:, 0]):
+        assert (along > 0).any() and (along < 0).any()
+        assert ((np.abs(along) >= 0.5 / np.sqrt(2) - 1e-6) & (np.abs(along) <= 2.0 + 1e-6)).all()
+    assert np.allclose(slides[:, 0], slides[:, 1])  # still along the diagonal
+    assert np.allclose(pans[:, 1], 0.0) and np.allclose(tilts[:, 0], 0.0)
+    curl, _ = curl_and_divergence(corpus, "rotation_cw")
+    _, divergence = curl_and_divergence(corpus, "zoom_in")
+    assert (curl > 0).any() and (curl < 0).any() and (divergence > 0).any() and (divergence < 0).any()
+
+
+def test_the_walk_turns_gradually_and_jitter_does_not() -> None:
+    def turns(random_motion: str) -> float:
+        corpus = load(num_clips=60, random_motion=random_motion)
+        flow = corpus.train.gt_flow[corpus.train.labels == PATTERNS.index("random")].mean(axis=(2, 3))
+        angles = np.arctan2(flow[..., 1], flow[..., 0])
+        return float(np.abs(np.angle(np.exp(1j * np.diff(angles, axis=1)))).mean())
+
+    assert turns("walk") < 0.5 < turns("jitter")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"texture": "natural", "texture_blur": [2.0, 2.0]},
+        {"channels": 3, "texture_blur": [2.0, 2.0]},
+        {
+            "direction": "both",
+            "rotation_direction": "both",
+            "zoom_direction": "both",
+            "texture_blur": [2.0, 2.0],
+        },
+    ],
+    ids=["natural", "rgb", "both"],
+)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_ground_truth_flow_fits_every_variant(variant: dict, pattern: str) -> None:
+    # Measured on the moving pixels (objects move over a static background): the true flow warps each
+    # frame onto the previous one far better than no flow or the reversed flow.
+    import cv2
+
+    config = SyntheticConfig(name="synthetic", **variant)
+    for seed in range(2):
+        frames, flow = render_clip(pattern, np.random.default_rng(seed), config)
+        grey = frames.mean(axis=-1) if frames.ndim == 4 else frames
+        size = grey.shape[-1]
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+        moving = np.hypot(flow[..., 0], flow[..., 1]) > 0.2
+        moving[:, :3] = moving[:, -3:] = moving[:, :, :3] = moving[:, :, -3:] = False
+
+        # and not at an object's edge, where it covers or uncovers the background
+        inner = np.stack([cv2.erode(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in moving])
+        errors = {
+            name: float(np.abs(warped(grey, candidate, xs, ys) - grey[:-1])[inner].mean())
+            for name, candidate in (("exact", flow), ("none", np.zeros_like(flow)), ("reversed", -flow))
+        }
+        assert errors["exact"] < 0.02, (seed, errors)
+        assert 1.5 * errors["exact"] < min(errors["none"], errors["reversed"]), (seed, errors)
+
+
+def warped(frames: np.ndarray, flow: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(T-1, H, W): each next frame warped back onto its previous one by ``flow``."""
+    import cv2
+
+    return np.stack(
+        [
+            cv2.remap(frames[t + 1], xs + flow[t, ..., 0], ys + flow[t, ..., 1], cv2.INTER_LINEAR)
+            for t in range(len(flow))
+        ]
+    )
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_object_flow_is_exact_inside_the_object(pattern: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On linear textures (object and background), warping back by the true flow is exact inside the
+    object (away from its edge, where it covers or uncovers the background), and 0 outside."""
+    import cv2
+    import mwga_plugins.datasets.synthetic as synthetic
+
+    config = SyntheticConfig(name="synthetic", texture="objects")
+    exact_errors, scaled_errors = [], []
+    for axis in (0, 1):  # ramps along x and along y together see an error in either flow component
+        monkeypatch.setattr(synthetic, "_texture", ramp_texture(axis))
+        frames, flow = render_clip(pattern, np.random.default_rng(5), config)
+        size = frames.shape[-1]
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+        moving = np.hypot(flow[..., 0], flow[..., 1]) > 0
+        inner = np.stack([cv2.erode(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in moving])
+        inner[:, :2] = inner[:, -2:] = inner[:, :, :2] = inner[:, :, -2:] = False
+        assert inner.sum() > 100
+        exact_errors.append(np.abs(warped(frames, flow, xs, ys) - frames[:-1])[inner].max())
+        scaled_errors.append(np.abs(warped(frames, 0.9 * flow, xs, ys) - frames[:-1])[inner].max())
+    assert max(exact_errors) < 1e-5 and max(scaled_errors) > max(5e-5, 100 * max(exact_errors))
+
+
+def test_objects_move_over_a_static_background() -> None:
+    import cv2
+
+    corpus = load(num_clips=12, texture="objects")
+    frames, flow = corpus.train.frames[..., 0], corpus.train.gt_flow
+    moving = np.hypot(flow[..., 0], flow[..., 1]) > 0
+    for clip in range(12):
+        share = moving[clip].mean()
+        assert 0.05 < share < 0.6, (clip, share)  # objects, not the whole frame
+        # a few pixels away from any object, in two frames running, the background does not change at all
+        near = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for m in moving[clip]])
+        still = ~near[:-1] & ~near[1:]
+        assert still.mean() > 0.2
+        assert np.array_equal(frames[clip, :-2][still], frames[clip, 1:-1][still])
+
+
+def test_rgb_frames_have_three_correlated_but_different_channels() -> None:
+    frames = load(num_clips=6, channels=3).train.frames
+    assert frames.shape[-1] == 3 and frames.min() >= 0 and frames.max() <= 1
+    red, green = frames[..., 0].ravel(), frames[..., 1].ravel()
+    assert not np.allclose(red, green) and np.corrcoef(red, green)[0, 1] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("direction", "left"), ("texture", "cloth"), ("random_motion", "drift"), ("channels", 2)],
+)
+def test_variant_fields_refuse_unknown_values(field: str, value: object) -> None:
+    with pytest.raises(ConfigValueError, match=field):
+        SyntheticMotionBenchmark(SyntheticConfig(name="synthetic", **{field: value}))
