@@ -12,6 +12,7 @@ dataset implementing it can be indexed; the commands refuse other datasets by na
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class ClipFile:
         kind: what the reader makes of it (``video``, ``npy``, ``images`` for video_folder).
         size: bytes (summed over the files of a clip made of several).
         mtime_ns: modification time (the newest of its files).
+        problem: why the entry cannot be read, found when it was scanned (a dangling or looping
+            symbolic link, a name that is not UTF-8), as a message naming it; "" for a usable entry.
+            :meth:`ClipReader.read_clip` raises it, so the dataset's policy for bad clips applies to it.
     """
 
     id: str
@@ -69,10 +73,26 @@ class ClipFile:
     kind: str
     size: int
     mtime_ns: int
+    problem: str = ""
 
     def key(self) -> list:
         """What identifies this version of the clip in an index."""
         return [self.id, self.size, self.mtime_ns]
+
+
+def path_text(path: str | Path) -> str:
+    """``path`` as text for messages, ids and JSON: bytes of a name that is not UTF-8 (which Python keeps
+    as lone surrogates, unwritable as UTF-8) are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` (e.g. a file name as Python decodes it) can be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ClipReader(Dataset):
@@ -86,7 +106,8 @@ class ClipReader(Dataset):
 
     @abstractmethod
     def scan(self, folder: Path) -> list[ClipFile]:
-        """Every clip under ``folder``, sorted by id; DataError when the folder does not exist."""
+        """Every clip under ``folder``, sorted by id; DataError when the folder does not exist. An entry
+        that looks like a clip but cannot be one is returned with its ``problem`` (or raised at once)."""
 
     @abstractmethod
     def clip_at(self, path: Path, clip_id: str) -> ClipFile | None:
@@ -103,7 +124,7 @@ class ClipReader(Dataset):
         Returns:
             frames: (n, T, H, W, C) float32 of the clips read.
             kept: the n clips read, in input order.
-            skipped: ``{"file": path, "reason": message}`` for each clip left out.
+            skipped: ``{"file": path_text(path), "reason": message}`` for each clip left out.
         """
 
     @abstractmethod

@@ -2,7 +2,8 @@
 
 Ranks the clips of an index (made by ``mwga index``) for one or several query videos with
 :mod:`mwga_core.retrieval.attribute`, prints a table per query, writes attribution.json/.csv, the
-selected subset of several queries' majority vote and one contact sheet per query.
+selected subset of several queries' majority vote and one contact sheet per query: all of them or, when
+anything fails (a query that cannot be read or shows no motion, a full disk), none.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from mwga_core.retrieval.attribute import (
     attribute,
     clip_label,
     featurize_queries,
+    output_files,
     query_sheet_row,
     safe_name,
     sheet_rows,
-    write_outputs,
+    write_all_or_none,
 )
 from mwga_core.storage.index_store import IndexData, load_index
 
@@ -70,6 +72,8 @@ def check_options(options: argparse.Namespace) -> None:
         raise ConfigValueError("--select-fraction", options.select_fraction, "a number in (0, 1]")
     if options.votes_k is not None and options.votes_k < 1:
         raise ConfigValueError("--votes-k", options.votes_k, "an integer >= 1")
+    if options.out is not None and options.out.exists() and not options.out.is_dir():
+        raise ConfigValueError("--out", str(options.out), "a folder (this is a file)")
 
 
 @dataclass
@@ -107,15 +111,18 @@ def print_rankings(result: Attribution, index: IndexData, top_k: int) -> None:
         stdout.print(table)
 
 
-def write_contact_sheets(result, index, queries, components, ctx: RunContext, out: Path, shown: int) -> None:
-    """``contact_<q>_<query>.png``: the query, then its ``shown`` top clips with their flow."""
-    from mwga_core.reporting.contact_sheet import write_contact_sheet
+def contact_sheets(result, index, queries, components, ctx: RunContext, shown: int) -> dict[str, bytes]:
+    """``contact_<q>_<query>.png`` (name -> PNG bytes): the query, then its ``shown`` top clips with
+    their flow."""
+    from mwga_core.reporting.contact_sheet import render_contact_sheet
 
+    sheets = {}
     for q, query_id in enumerate(result.query_ids):
         rows = sheet_rows(index, result.top_rows[q, :shown], result.top_scores[q, :shown], components, ctx)
-        write_contact_sheet(
-            out / f"contact_{q:02d}_{safe_name(query_id)}.png", query_sheet_row(queries, q), rows
+        sheets[f"contact_{q:02d}_{safe_name(query_id)}.png"] = render_contact_sheet(
+            query_sheet_row(queries, q), rows
         )
+    return sheets
 
 
 def attribute_command(args: list[str]) -> int:
@@ -147,12 +154,14 @@ def attribute_command(args: list[str]) -> int:
         options.percentile,
         cut.votes_k,
     )
-    write_outputs(
-        result, index, out, {"top_k": cut.top_k, "percentile": options.percentile, "votes_k": cut.votes_k}
+    # every output is made in memory first, then written all together: all files or none
+    files = output_files(
+        result, index, {"top_k": cut.top_k, "percentile": options.percentile, "votes_k": cut.votes_k}
     )
-    print_rankings(result, index, cut.top_k)
     if options.sheet_rows > 0:
-        write_contact_sheets(result, index, queries, components, ctx, out, min(options.sheet_rows, cut.top_k))
+        files |= contact_sheets(result, index, queries, components, ctx, min(options.sheet_rows, cut.top_k))
+    write_all_or_none(out, files)
+    print_rankings(result, index, cut.top_k)
     stdout = table_console()
     if len(result.query_ids) > 1:
         stdout.print(

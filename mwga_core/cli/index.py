@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
+
 from mwga_core.api.context import RunContext
 from mwga_core.api.progress import progress_wanted
 from mwga_core.cli.messages import stderr, warn_plugin_problems
@@ -39,14 +41,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 def print_summary(summary: IndexSummary) -> None:
     """Skipped files and static clips on stderr, the counts on stdout."""
+    # one line each however long (soft_wrap), with file names' square brackets kept (escape)
     for skipped in summary.skipped:
-        stderr.print(f"[yellow]skipped:[/] {skipped['reason']}", highlight=False)
+        stderr.print(f"[yellow]skipped:[/] {escape(skipped['reason'])}", highlight=False, soft_wrap=True)
     if summary.static_ids:
         stderr.print(
             f"[yellow]warning:[/] {len(summary.static_ids)} clip(s) show no motion: "
-            + ", ".join(summary.static_ids[:5])
+            + escape(", ".join(summary.static_ids[:5]))
             + (" ..." if len(summary.static_ids) > 5 else ""),
             highlight=False,
+            soft_wrap=True,
         )
     print(
         f"indexed {summary.total} clips into {summary.path}: {summary.computed} computed, {summary.reused} "

@@ -8,8 +8,8 @@ ends with the colour wheel as a legend (hue = direction, saturation = speed).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -82,10 +82,9 @@ def colour_wheel_image(size: int = 65) -> np.ndarray:
     return image
 
 
-def write_contact_sheet(
-    path: str | Path, query: SheetRow, rows: list[SheetRow], frames_shown: int = 4
-) -> Path:
-    """Draw ``query`` above ``rows`` (best first) and save a PNG at ``path``."""
+def render_contact_sheet(query: SheetRow, rows: list[SheetRow], frames_shown: int = 4) -> bytes:
+    """Draw ``query`` above ``rows`` (best first); returns the PNG file's bytes, so a command can write
+    it together with its other outputs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,8 +120,7 @@ def write_contact_sheet(
         ha="left",
     )
     figure.tight_layout(rect=(0, 0, 1, 0.985))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, facecolor="white")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100, facecolor="white")
     plt.close(figure)
-    return path
+    return png.getvalue()

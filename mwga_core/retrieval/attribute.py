@@ -16,8 +16,10 @@ first ``votes_k`` (or ``ceil(select_fraction * N)``) form the selected fine-tuni
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,12 @@ import numpy as np
 
 from mwga_core.api.clips import AnalysedClips, ClipSet
 from mwga_core.api.context import RunContext
-from mwga_core.api.datasets import ClipFile, ClipReader, require_clip_reader
+from mwga_core.api.datasets import ClipFile, ClipReader, path_text, require_clip_reader
 from mwga_core.api.errors import DataError
 from mwga_core.api.scorers import Scorer
 from mwga_core.config.schema import MwgaConfig
 from mwga_core.plugin_host.host import PluginHost
+from mwga_core.storage.atomic import temp_path
 from mwga_core.storage.index_store import IndexData
 
 
@@ -145,11 +148,13 @@ def query_files(reader: ClipReader, paths: list[str]) -> list[ClipFile]:
     files = []
     for name in paths:
         path = Path(name).expanduser()
-        if not path.exists():
-            raise DataError(f"{path}: query file not found.")
+        if not (path.exists() or path.is_symlink()):  # a broken link is found, then refused by the reader
+            raise DataError(f"{path_text(path)}: query file not found.")
         clip = reader.clip_at(path, str(name))
         if clip is None:
-            raise DataError(f"{path}: not a clip the index's dataset {reader.config.name!r} can read.")
+            raise DataError(
+                f"{path_text(path)}: not a clip the index's dataset {reader.config.name!r} can read."
+            )
         files.append(clip)
     if len({f.id for f in files}) != len(files):
         raise DataError("the same query file is given twice.")
@@ -223,9 +228,10 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name).strip("_") or "query"
 
 
-def write_outputs(result: Attribution, index: IndexData, out: Path, settings: dict) -> dict:
-    """attribution.json, attribution.csv and, for several queries, selected_subset.{txt,json}."""
-    out.mkdir(parents=True, exist_ok=True)
+def output_files(result: Attribution, index: IndexData, settings: dict) -> dict[str, bytes]:
+    """The contents of attribution.json, attribution.csv and, for several queries,
+    selected_subset.{txt,json}, by file name; DataError when a clip id cannot be written as UTF-8 (an
+    index made before mwga refused such file names)."""
     document = {
         "index": str(index.path),
         "index_clips": len(index.clips),
@@ -250,15 +256,15 @@ def write_outputs(result: Attribution, index: IndexData, out: Path, settings: di
             )
         ],
     }
-    (out / "attribution.json").write_text(json.dumps(document, indent=2) + "\n")
-    with open(out / "attribution.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["query", "rank", "clip_id", "label", "score"])
-        for entry in document["queries"]:
-            for top in entry["top"]:
-                writer.writerow(
-                    [entry["query"], top["rank"], top["clip_id"], top["label"] or "", repr(top["score"])]
-                )
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["query", "rank", "clip_id", "label", "score"])
+    for entry in document["queries"]:
+        for top in entry["top"]:
+            writer.writerow(
+                [entry["query"], top["rank"], top["clip_id"], top["label"] or "", repr(top["score"])]
+            )
+    texts = {"attribution.json": json.dumps(document, indent=2) + "\n", "attribution.csv": table.getvalue()}
     if len(result.query_ids) > 1:
         selected = [
             {
@@ -270,6 +276,45 @@ def write_outputs(result: Attribution, index: IndexData, out: Path, settings: di
             for row, mean in zip(result.selected, result.selected_mean_scores, strict=True)
         ]
         subset = {"queries": result.query_ids, **settings, "clips": selected}
-        (out / "selected_subset.json").write_text(json.dumps(subset, indent=2) + "\n")
-        (out / "selected_subset.txt").write_text("".join(c["clip_id"] + "\n" for c in selected))
-    return document
+        texts["selected_subset.json"] = json.dumps(subset, indent=2) + "\n"
+        texts["selected_subset.txt"] = "".join(c["clip_id"] + "\n" for c in selected)
+    files = {}
+    for name, text in texts.items():
+        try:
+            files[name] = text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            text = error.object  # name the field (a clip id) that holds the bad character
+            first = max(text.rfind(mark, 0, error.start) for mark in '\n,"') + 1
+            last = min(
+                (i for i in (text.find(mark, error.end) for mark in '\n,"') if i >= 0), default=len(text)
+            )
+            raise DataError(
+                f"{index.path}: the clip id {path_text(text[first:last])!r} is not valid UTF-8, so {name} "
+                "cannot be written; rename the file and run `mwga index` again (it now refuses such names)."
+            ) from None
+    return files
+
+
+def write_all_or_none(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes) into the folder ``out``: every file whole, or none of them.
+
+    Each file is written under a temporary name beside its final one (:func:`temp_path`); only when all
+    are written are they renamed onto their names, so a failure (a full disk, a read-only folder) leaves
+    no output of this run, and a killed run at most some whole new files beside whole old ones. An
+    ``OSError`` becomes a DataError naming the folder.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            staged.append((temp_path(out / name), out / name))
+            staged[-1][0].write_bytes(data)
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    except OSError as error:
+        raise DataError(
+            f"{path_text(out)}: the outputs cannot be written ({error.strerror or error}); none were."
+        ) from None
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ import numpy as np
 from mwga_core import __version__
 from mwga_core.api.clips import AnalysedClips, ClipSet
 from mwga_core.api.context import RunContext
-from mwga_core.api.datasets import require_clip_reader
+from mwga_core.api.datasets import path_text, require_clip_reader
 from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.config.schema import MwgaConfig, as_container, group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
@@ -207,8 +207,8 @@ def index_corpus(
         key = rows_key(identity, components, checkpoint_id)
         sources = _reusable_rows(index_dir, manifest, key, checkpoint_id, ctx)
         known = {clip for source in sources for clip in source.rows}
-        skipped_ids = {Path(s["file"]).resolve() for s in skipped}
-        todo = [f for f in files if tuple(f.key()) not in known and f.path.resolve() not in skipped_ids]
+        left_out = {s["file"] for s in skipped}  # path_text of each file (resolve() fails on a link loop)
+        todo = [f for f in files if tuple(f.key()) not in known and path_text(f.path) not in left_out]
 
         def read_batch(batch: list) -> tuple[np.ndarray, list]:
             if preloaded is not None:
@@ -229,7 +229,7 @@ def index_corpus(
             stage_info["status"] = f"{computed} clips computed, {len(files) - len(todo)} reused"
 
         skipped_files = {s["file"] for s in skipped}
-        present = [f for f in files if str(f.path) not in skipped_files]
+        present = [f for f in files if path_text(f.path) not in skipped_files]
         records = [
             {"id": f.id, "size": f.size, "mtime_ns": f.mtime_ns, "label": label_of[f.id]} for f in present
         ]

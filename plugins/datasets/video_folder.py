@@ -19,34 +19,39 @@ folder). Every clip becomes the same shape, whatever its length, resolution and 
    ``size`` (``[S]`` means S x S, ``[H, W]`` an explicit size), then centre-cropped; the aspect ratio is
    kept.
 
-A corrupt, empty or unreadable clip raises :class:`~mwga_core.api.errors.DataError` naming the file and the
-reason (``on_error=raise``), or is left out and listed in ``Corpus.skipped`` (``on_error=skip``).
+A corrupt, empty or unreadable clip, a dangling or looping symbolic link and a file name that is not valid
+UTF-8 (:mod:`mwga_plugins.datasets.clip_files`) raise :class:`~mwga_core.api.errors.DataError` naming the
+file and the reason (``on_error=raise``), or are left out and listed in ``Corpus.skipped``
+(``on_error=skip``).
 
 Labels (optional, for evaluating on labelled folders): ``labels=folders`` takes each clip's first path
-component as its class (``pans/clip_0001.mp4`` -> ``pans``); a CSV path reads a file with the columns
+component as its class (``pans/clip_0001.mp4`` -> ``pans``); a CSV path reads a UTF-8 file with the columns
 ``clip,label``, ``clip`` being the clip id (training clips: relative to ``train_dir``; query clips:
 relative to ``query_dir``, or the path as given in ``query_files``). Clips without a label get -1.
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mwga_plugins.datasets.clip_files import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    clip_file,
+    image_files,
+    read_label_csv,
+    scan_folder,
+)
 
 from mwga_core import hookimpl
 from mwga_core.api.clips import ClipSet, Corpus
 from mwga_core.api.context import RunContext
-from mwga_core.api.datasets import ClipFile, ClipReader, DatasetConfig
+from mwga_core.api.datasets import ClipFile, ClipReader, DatasetConfig, path_text
 from mwga_core.api.errors import ConfigValueError, DataError
 from mwga_core.config.checks import at_least, one_of, satisfies
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ON_ERROR = ("raise", "skip")
 
 
@@ -75,59 +80,6 @@ class VideoFolderConfig(DatasetConfig):
     on_error: str = field(default="raise", metadata=one_of(*ON_ERROR))
 
 
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-        key=lambda p: _natural_key(p.name),
-    )
-
-
-def clip_file(path: Path, clip_id: str) -> ClipFile | None:
-    """The clip at ``path`` (a video, a .npy or a folder of frames), or None when it is none of these."""
-    if path.is_dir():
-        frames = _image_files(path)
-        if not frames:
-            return None
-        stats = [f.stat() for f in frames]
-        return ClipFile(
-            clip_id, path, "images", sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
-        )
-    suffix = path.suffix.lower()
-    kind = "video" if suffix in VIDEO_SUFFIXES else "npy" if suffix == ".npy" else None
-    if kind is None:
-        return None
-    stat = path.stat()
-    return ClipFile(clip_id, path, kind, stat.st_size, stat.st_mtime_ns)
-
-
-def scan_folder(folder: str | Path) -> list[ClipFile]:
-    """Every clip under ``folder``, sorted by id. Raises DataError when the folder does not exist."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder of clips (it does not exist or is not a directory).")
-    found: list[ClipFile] = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        here = Path(current)
-        if here != root:
-            clip = clip_file(here, here.relative_to(root).as_posix())
-            if clip is not None:  # a folder of frames is one clip: do not descend into it
-                found.append(clip)
-                dirs[:] = []
-                continue
-        for name in files:
-            if name.startswith("."):
-                continue
-            clip = clip_file(here / name, (here / name).relative_to(root).as_posix())
-            if clip is not None:
-                found.append(clip)
-    return sorted(found, key=lambda c: c.id)
-
-
 def sample_indices(length: int, num_frames: int) -> np.ndarray:
     """(num_frames,) int64 frame indices spread uniformly over a clip of ``length`` frames."""
     return np.rint(np.linspace(0, length - 1, num_frames)).astype(np.int64)
@@ -142,7 +94,12 @@ class VideoFolderDataset(ClipReader):
         self.height, self.width = (size[0], size[0]) if len(size) == 1 else tuple(size)
 
     def scan(self, folder: Path) -> list[ClipFile]:
-        return scan_folder(folder)
+        """Every clip under ``folder``; with ``on_error=raise`` an entry that can never be read (a dangling
+        link, a name that is not UTF-8) stops here, before any clip is read."""
+        clips = scan_folder(folder)
+        if self.config.on_error == "raise" and (bad := next((c for c in clips if c.problem), None)):
+            raise DataError(bad.problem)
+        return clips
 
     def clip_at(self, path: Path, clip_id: str) -> ClipFile | None:
         return clip_file(path, clip_id)
@@ -158,6 +115,9 @@ class VideoFolderDataset(ClipReader):
 
         Raises DataError naming the file and the reason when it cannot be used.
         """
+        if clip.problem:
+            raise DataError(clip.problem)
+        shown = path_text(clip.path)
         try:
             if clip.kind == "video":
                 frames = self._read_video(clip.path)
@@ -168,10 +128,11 @@ class VideoFolderDataset(ClipReader):
         except DataError:
             raise
         except PermissionError as error:
-            raise DataError(f"{clip.path}: cannot be read ({error.strerror or error}).") from None
+            raise DataError(f"{shown}: cannot be read ({error.strerror or error}).") from None
         except Exception as error:  # decoders raise many kinds; all mean "this file is unusable"
-            reason = str(error) or type(error).__name__
-            raise DataError(f"{clip.path}: cannot be decoded ({type(error).__name__}: {reason}).") from None
+            # FFmpeg's errors carry the file name again in str(error): its strerror says it once
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise DataError(f"{shown}: cannot be decoded ({type(error).__name__}: {reason}).") from None
         return frames
 
     def _finish(self, frames: list[np.ndarray]) -> np.ndarray:
@@ -247,6 +208,10 @@ class VideoFolderDataset(ClipReader):
     def _read_npy(self, path: Path) -> np.ndarray:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes).")
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if magic != b"\x93NUMPY":  # numpy would blame pickles for any file that is not a .npy array
+            raise DataError(f"{path}: cannot be decoded (not a .npy array: no NumPy header).")
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         if array.ndim == 3:
             array = array[..., None]
@@ -270,7 +235,7 @@ class VideoFolderDataset(ClipReader):
     def _read_images(self, folder: Path) -> np.ndarray:
         import cv2
 
-        files = _image_files(folder)
+        files = image_files(folder)
         self._check_length(folder, len(files))
         frames = []
         for index in sample_indices(len(files), self.config.num_frames):
@@ -288,7 +253,8 @@ class VideoFolderDataset(ClipReader):
         Returns:
             frames: (n, T, H, W, C) float32 of the clips read.
             kept: the n clips read, in input order.
-            skipped: ``{"file": path, "reason": message}`` for each clip left out (``on_error=skip``).
+            skipped: ``{"file": path_text(path), "reason": message}`` for each clip left out
+                (``on_error=skip``).
         """
         frames, kept, skipped = [], [], []
         for clip in clips:
@@ -298,7 +264,7 @@ class VideoFolderDataset(ClipReader):
             except DataError as error:
                 if self.config.on_error == "raise":
                     raise
-                skipped.append({"file": str(clip.path), "reason": str(error)})
+                skipped.append({"file": path_text(clip.path), "reason": str(error)})
         shape = (0, self.config.num_frames, self.height, self.width, self.channels)
         stacked = np.stack(frames) if frames else np.zeros(shape, dtype=np.float32)
         return stacked, kept, skipped
@@ -308,12 +274,12 @@ class VideoFolderDataset(ClipReader):
         clips = scan_folder(self.config.query_dir) if self.config.query_dir else []
         for name in self.config.query_files:
             path = Path(name).expanduser()
-            if not path.exists():
-                raise DataError(f"{path}: query file not found.")
+            if not (path.exists() or path.is_symlink()):  # a broken link is found, then refused by its reader
+                raise DataError(f"{path_text(path)}: query file not found.")
             clip = clip_file(path, str(name))
             if clip is None:
                 raise DataError(
-                    f"{path}: not a clip; expected a video ({', '.join(VIDEO_SUFFIXES)}), a .npy array or "
+                    f"{path_text(path)}: not a clip; expected a video ({', '.join(VIDEO_SUFFIXES)}), a .npy array or "
                     f"a folder of {', '.join(IMAGE_SUFFIXES)} frames."
                 )
             clips.append(clip)
@@ -364,18 +330,6 @@ class VideoFolderDataset(ClipReader):
             for split, (frames, kept, names) in splits.items()
         }
         return Corpus(train=sets["train"], queries=sets["query"], class_names=class_names, skipped=skipped)
-
-
-def read_label_csv(path: Path) -> dict[str, str]:
-    """``clip -> label`` from a CSV with the header ``clip,label``."""
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
-        raise DataError(f"{path}: the labels file cannot be read ({error.strerror or error}).") from None
-    if rows and not {"clip", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: the labels file needs the columns clip,label; found {list(rows[0])}.")
-    return {row["clip"]: row["label"] for row in rows if row.get("label")}
 
 
 @hookimpl

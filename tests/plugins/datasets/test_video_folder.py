@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("av")
 
+from mwga_plugins.datasets.clip_files import read_label_csv, scan_folder  # noqa: E402
 from mwga_plugins.datasets.video_folder import (  # noqa: E402
     VideoFolderConfig,
     VideoFolderDataset,
     sample_indices,
-    scan_folder,
 )
 
 from mwga_core.api.errors import ConfigValueError, DataError  # noqa: E402
@@ -92,7 +92,7 @@ def test_frames_are_sampled_uniformly_over_the_clip(tmp_path: Path) -> None:
     [
         ("corrupt.mp4", os.urandom(2000), "cannot be decoded"),
         ("empty.mp4", b"", "empty file"),
-        ("bad.npy", b"not numpy at all", "cannot be decoded"),
+        ("bad.npy", b"not numpy at all", "no NumPy header"),
         ("single.npy", None, "1 frame"),
     ],
 )
@@ -184,3 +184,32 @@ def test_unlabelled_queries_are_ranked_but_not_evaluated(
     assert document["per_query"] == [{"query_id": "q.mp4", "pattern": None}]
     write_rankings(result, tmp_path / "rankings.csv")
     assert len((tmp_path / "rankings.csv").read_text().splitlines()) == 6
+
+
+def test_entries_that_can_never_be_read_are_found_with_their_problem(folder: Path) -> None:
+    (folder / "dangling.mp4").symlink_to("nowhere.mp4")
+    (folder / "loop.mp4").symlink_to("loop.mp4")
+    raw = os.fsencode(folder) + b"/clip_\xff.npy"
+    try:
+        with open(raw, "wb") as handle:
+            np.save(handle, np.zeros((4, 8, 8), dtype=np.uint8))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    bad = {c.id: c.problem for c in scan_folder(folder) if c.problem}
+    assert set(bad) == {"dangling.mp4", "loop.mp4", "clip_\\xff.npy"}  # the id shows the byte as text
+    assert "dangling link" in bad["dangling.mp4"] and "in a loop" in bad["loop.mp4"]
+    assert "not valid UTF-8" in bad["clip_\\xff.npy"]
+    with pytest.raises(DataError, match="clip_.xff.npy: the name is not valid UTF-8"):
+        dataset().scan(folder)  # on_error=raise: refused when scanned
+    frames, kept, skipped = dataset(on_error="skip").read_clips(dataset(on_error="skip").scan(folder))
+    assert len(kept) == 5 and len(skipped) == 3
+    assert all(s["file"].encode("utf-8") for s in skipped)  # writable as UTF-8 (JSON, CSV, terminal)
+
+
+def test_the_labels_csv_must_be_utf8_text(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes("\ufeffclip,label\npans/a.mp4,pans\n".encode())  # a spreadsheet's byte-order mark
+    assert read_label_csv(labels) == {"pans/a.mp4": "pans"}
+    labels.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    with pytest.raises(DataError, match="not UTF-8 text.*clip,label"):
+        read_label_csv(labels)
