@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from mwga_core.api.context import RunContext
+from mwga_core.config.checks import check_fields
 from mwga_core.plugin_host.registry import ComponentConfig
 
 
@@ -29,6 +30,7 @@ class Descriptor(ABC):
     needs_flow: ClassVar[bool] = True
 
     def __init__(self, config: DescriptorConfig) -> None:
+        check_fields(config)  # the ranges the config dataclass declares (mwga_core/config/checks.py)
         self.config = config
 
     @abstractmethod

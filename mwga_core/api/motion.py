@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from mwga_core.api.context import RunContext
+from mwga_core.config.checks import check_fields
 from mwga_core.plugin_host.registry import ComponentConfig
 
 
@@ -66,6 +67,7 @@ class MotionEstimator(ABC):
     produces_flow: ClassVar[bool] = True
 
     def __init__(self, config: MotionConfig) -> None:
+        check_fields(config)  # the ranges the config dataclass declares (mwga_core/config/checks.py)
         self.config = config
 
     @abstractmethod

@@ -9,14 +9,14 @@ A static clip (no flow at all) gets the zero vector instead of a division by zer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
 from mwga_core.api.descriptors import Descriptor, DescriptorConfig
-from mwga_core.api.errors import ConfigValueError
+from mwga_core.config.checks import at_least, one_of
 
 NORMALISATIONS = ("l1", "l2", "none")
 #: directions within this many bin widths of a bin edge count as on the edge (float32 flow rounding)
@@ -27,9 +27,9 @@ EDGE_TOLERANCE = 1e-6
 class HoofConfig(DescriptorConfig):
     """The paper's default is B = 8."""
 
-    bins: int = 8
+    bins: int = field(default=8, metadata=at_least(1))
     #: normalisation of the clip descriptor: l1 (sums to 1), l2 (unit length) or none
-    normalize: str = "l1"
+    normalize: str = field(default="l1", metadata=one_of(*NORMALISATIONS))
 
 
 def hoof_histograms(flows: np.ndarray, bins: int) -> np.ndarray:
@@ -70,11 +70,7 @@ class HoofDescriptor(Descriptor):
     """Histogram of Oriented Optical Flow, full-circle binning, averaged over frame pairs."""
 
     def __init__(self, config: HoofConfig) -> None:
-        super().__init__(config)
-        if config.bins < 1:
-            raise ConfigValueError("bins", config.bins, "an integer >= 1")
-        if config.normalize not in NORMALISATIONS:
-            raise ConfigValueError("normalize", config.normalize, f"one of {list(NORMALISATIONS)}")
+        super().__init__(config)  # checks the ranges HoofConfig declares
 
     def describe(self, frames: np.ndarray, flows: np.ndarray | None, ctx: RunContext) -> np.ndarray:
         per_pair = hoof_histograms(flows, self.config.bins)  # (N, T-1, B)

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
+from mwga_core.config.checks import above, at_least, one_of, satisfies
 
 
 @dataclass
 class FarnebackConfig(MotionConfig):
     """OpenCV's parameters; defaults are the common ones (see docs/reference.md)."""
 
-    pyr_scale: float = 0.5
-    levels: int = 3
-    winsize: int = 15
-    iterations: int = 3
-    poly_n: int = 5
-    poly_sigma: float = 1.2
+    pyr_scale: float = field(default=0.5, metadata=satisfies(lambda v: 0.0 < v < 1.0, "a number in (0, 1)"))
+    levels: int = field(default=3, metadata=at_least(1))
+    winsize: int = field(default=15, metadata=at_least(3))
+    iterations: int = field(default=3, metadata=at_least(1))
+    poly_n: int = field(default=5, metadata=one_of(5, 7))
+    poly_sigma: float = field(default=1.2, metadata=above(0))
     #: use a Gaussian window instead of a box filter (cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
     gaussian_window: bool = False
 
@@ -30,20 +30,7 @@ class FarnebackFlow(MotionEstimator):
     """Farnebäck's polynomial-expansion flow on 8-bit grey frames."""
 
     def __init__(self, config: FarnebackConfig) -> None:
-        super().__init__(config)
-        c = config
-        if not 0.0 < c.pyr_scale < 1.0:
-            raise ConfigValueError("pyr_scale", c.pyr_scale, "a number in (0, 1)")
-        if c.levels < 1:
-            raise ConfigValueError("levels", c.levels, "an integer >= 1")
-        if c.winsize < 3:
-            raise ConfigValueError("winsize", c.winsize, "an integer >= 3")
-        if c.iterations < 1:
-            raise ConfigValueError("iterations", c.iterations, "an integer >= 1")
-        if c.poly_n not in (5, 7):
-            raise ConfigValueError("poly_n", c.poly_n, "5 or 7")
-        if c.poly_sigma <= 0:
-            raise ConfigValueError("poly_sigma", c.poly_sigma, "a number > 0")
+        super().__init__(config)  # checks the ranges FarnebackConfig declares
 
     def _flags(self) -> int:
         import cv2

@@ -8,14 +8,15 @@ uninstall the one before installing the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mwga_core import hookimpl
 from mwga_core.api.context import RunContext
-from mwga_core.api.errors import ConfigValueError, MwgaUserError
+from mwga_core.api.errors import MwgaUserError
 from mwga_core.api.motion import MotionConfig, MotionEstimator, flow_of_uint8_pairs, to_uint8
+from mwga_core.config.checks import above, at_least, satisfies
 
 INSTALL_HINT = (
     "motion=tvl1 needs OpenCV's contrib modules (cv2.optflow), which this OpenCV build lacks: "
@@ -29,27 +30,29 @@ class Tvl1Config(MotionConfig):
     """``cv2.optflow.DualTVL1OpticalFlow_create`` parameters; defaults are OpenCV's."""
 
     #: time step of the numerical scheme
-    tau: float = 0.25
+    tau: float = field(default=0.25, metadata=above(0))
     #: weight of the data term (larger = less smoothing)
-    lambda_: float = 0.15
+    lambda_: float = field(default=0.15, metadata=above(0))
     #: coupling between the data and smoothness terms
-    theta: float = 0.3
+    theta: float = field(default=0.3, metadata=above(0))
     #: pyramid levels
-    nscales: int = 5
+    nscales: int = field(default=5, metadata=at_least(1))
     #: warpings per pyramid level
-    warps: int = 5
+    warps: int = field(default=5, metadata=at_least(1))
     #: stopping threshold of the inner iterations
-    epsilon: float = 0.01
+    epsilon: float = field(default=0.01, metadata=above(0))
     #: inner iterations per warping
-    inner_iterations: int = 30
+    inner_iterations: int = field(default=30, metadata=at_least(1))
     #: outer iterations per warping
-    outer_iterations: int = 10
+    outer_iterations: int = field(default=10, metadata=at_least(1))
     #: downscaling factor between pyramid levels
-    scale_step: float = 0.8
+    scale_step: float = field(default=0.8, metadata=satisfies(lambda v: 0.0 < v < 1.0, "a number in (0, 1)"))
     #: weight of the illumination-change term (0 = none)
-    gamma: float = 0.0
+    gamma: float = field(default=0.0, metadata=at_least(0))
     #: median filter size applied to the flow (odd; 1 = none)
-    median_filtering: int = 5
+    median_filtering: int = field(
+        default=5, metadata=satisfies(lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1")
+    )
 
 
 def opencv_has_tvl1() -> bool:
@@ -63,27 +66,7 @@ class Tvl1Flow(MotionEstimator):
     """Dual TV-L1 flow on 8-bit grey frames."""
 
     def __init__(self, config: Tvl1Config) -> None:
-        super().__init__(config)
-        c = config
-        positive = {
-            "tau": c.tau,
-            "lambda_": c.lambda_,
-            "theta": c.theta,
-            "epsilon": c.epsilon,
-        }
-        for field_name, value in positive.items():
-            if value <= 0:
-                raise ConfigValueError(field_name, value, "a number > 0")
-        for field_name in ("nscales", "warps", "inner_iterations", "outer_iterations"):
-            value = getattr(c, field_name)
-            if value < 1:
-                raise ConfigValueError(field_name, value, "an integer >= 1")
-        if not 0.0 < c.scale_step < 1.0:
-            raise ConfigValueError("scale_step", c.scale_step, "a number in (0, 1)")
-        if c.gamma < 0:
-            raise ConfigValueError("gamma", c.gamma, "a number >= 0")
-        if c.median_filtering < 1 or c.median_filtering % 2 == 0:
-            raise ConfigValueError("median_filtering", c.median_filtering, "an odd integer >= 1")
+        super().__init__(config)  # checks the ranges Tvl1Config declares
         if not opencv_has_tvl1():
             raise MwgaUserError(INSTALL_HINT)
 
