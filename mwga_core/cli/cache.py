@@ -7,6 +7,12 @@ mwga keeps there; each folder (or file) directly inside one of them is one *entr
 entries: writers' temporary folders (``.tmp-*``, removed by ``clear`` once an hour old), the features
 being filled (``.partial-<key>``, resumable; removed by ``clear`` when no run holds their lock) and the
 entries' lock files (``.<key>.lock``, removed by ``clear`` when free and their entry is gone).
+
+A file where one of mwga's folders should be (``stages``, ``stages/<stage>``, ``models``) is an entry of
+its own, which ``clear`` removes (a run that meets one warns and runs without storing). A ``--dir`` that
+is a file is refused: it is not a cache, and mwga does not delete a file it did not make there. ``clear``
+reports what it really removed: an entry is renamed aside before it is deleted, so in a read-only cache
+it stays whole and is listed as not deleted, and the bytes it reports freed are bytes that are gone.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mwga_core.api.errors import ConfigValueError
+from mwga_core.api.errors import ConfigValueError, MwgaUserError
 from mwga_core.config.schema import default_cache_dir
 from mwga_core.storage.atomic import LOCK_SUFFIX, lock_is_free, remove_free_lock
 from mwga_core.storage.stage_cache import OTHER_CACHES, STAGES
@@ -69,6 +76,8 @@ def cache_folders(root: Path) -> dict[str, Path]:
     """``name -> folder`` of every cache: each stage of the stage cache, then the other top-level folders."""
     folders = {stage: root / "stages" / stage for stage in STAGES}
     stages = root / "stages"
+    if stages.exists() and not stages.is_dir():  # a file where the stage cache's folder should be
+        folders["stages"] = stages
     if stages.is_dir():
         for extra in sorted(p for p in stages.iterdir() if p.is_dir() and p.name not in folders):
             folders[extra.name] = extra
@@ -97,7 +106,7 @@ def summarise(root: Path) -> list[CacheSummary]:
     """One summary per cache folder (stages first), empty ones included for the stages."""
     summaries = []
     for name, folder in cache_folders(root).items():
-        found = entries(folder)
+        found = [_measure(folder)] if folder.is_file() else entries(folder)
         times = [e.modified for e in found]
         summaries.append(
             CacheSummary(
@@ -127,16 +136,29 @@ def _hidden_removable(path: Path, entry: Entry) -> bool:
     return entry.modified <= time.time() - STALE_TEMP_SECONDS  # a writer may still be filling it
 
 
-def _remove(path: Path) -> bool:
-    """Delete a file or folder; False when (part of) it could not be deleted (e.g. a read-only cache)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+def _remove(entry: Entry) -> tuple[int, Path | None]:
+    """Delete an entry. Returns the bytes really freed and what is left of it (None when it is gone).
+
+    A folder is renamed aside (``.trash-<name>-<random>``) first: where that fails (a read-only cache)
+    nothing is deleted and the entry stays whole, rather than half-deleted and taken for a damaged one by
+    the next run; what cannot be deleted after the rename stays under the hidden name.
+    """
+    path = entry.path
+    if not (path.is_dir() and not path.is_symlink()):
         try:
             path.unlink(missing_ok=True)
         except OSError:
-            return False
-    return not path.exists()
+            return 0, path
+        return entry.bytes, None
+    aside = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return 0, path
+    shutil.rmtree(aside, ignore_errors=True)
+    if aside.exists():
+        return max(entry.bytes - _measure(aside).bytes, 0), aside
+    return entry.bytes, None
 
 
 def clear(root: Path, stage: str | None = None, older_than_days: float | None = None) -> dict[str, dict]:
@@ -145,8 +167,12 @@ def clear(root: Path, stage: str | None = None, older_than_days: float | None = 
     Stale temporary folders of writers that died (older than an hour), features being filled that no
     run holds, and free lock files of removed entries go too; a file where a cache folder should be is
     removed as one entry. Returns ``name -> {"entries": n, "bytes": b, "failed": [paths]}`` of what was
-    removed (``failed``: what could not be deleted, e.g. in a read-only cache).
+    removed (``bytes``: freed for real; ``failed``: what could not be deleted, e.g. in a read-only cache).
+
+    Raises:
+        MwgaUserError: ``root`` is a file.
     """
+    refuse_a_file(root)
     folders = cache_folders(root)
     if stage is not None:
         if stage not in folders:
@@ -165,17 +191,27 @@ def clear(root: Path, stage: str | None = None, older_than_days: float | None = 
                 continue
             if cutoff is not None and entry.modified >= cutoff:
                 continue
-            if not _remove(entry.path):
-                removed["failed"].append(str(entry.path))
+            freed_bytes, left = _remove(entry)
+            removed["bytes"] += freed_bytes
+            if left is not None:
+                removed["failed"].append(str(left))
                 continue
             removed["entries"] += 0 if hidden else 1
-            removed["bytes"] += entry.bytes
         for lock_file in folder.glob(f".*{LOCK_SUFFIX}") if folder.is_dir() else []:
             guarded = lock_file.with_name(lock_file.name[1 : -len(LOCK_SUFFIX)])
             if not guarded.exists() and not guarded.with_name(f".partial-{guarded.name}").exists():
                 remove_free_lock(guarded)
         freed[name] = removed
     return freed
+
+
+def refuse_a_file(root: Path) -> None:
+    """Raise a one-line error when the cache folder ``root`` is a file (neither listed nor deleted)."""
+    if root.exists() and not root.is_dir():
+        raise MwgaUserError(
+            f"{root} is a file, not a cache folder: `mwga cache` neither lists nor deletes it; "
+            "point --dir or MWGA_CACHE_DIR (cache.dir) at the cache folder, or move the file away"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,7 +234,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cache_command(args: list[str]) -> int:
-    """``mwga cache [info|clear] [--stage NAME] [--older-than DAYS] [--dir PATH] [--json]``."""
+    """``mwga cache [info|clear] [--stage NAME] [--older-than DAYS] [--dir PATH] [--json]``.
+
+    ``clear`` exits 1 when something could not be deleted (listed), also with ``--json``.
+    """
     from rich.table import Table
 
     from mwga_core.reporting.run_outputs import table_console
@@ -211,9 +250,10 @@ def cache_command(args: list[str]) -> int:
     if options.action == "clear":
         freed = clear(root, options.stage, options.older_than)
         total = sum(f["bytes"] for f in freed.values())
+        failed = [path for f in freed.values() for path in f["failed"]]
         if options.json:
             print(json.dumps({"dir": str(root), "freed": freed, "total_bytes": total}, indent=2))
-            return 0
+            return 1 if failed else 0
         for name, removed in freed.items():
             if removed["entries"] or removed["bytes"]:
                 console.print(
@@ -221,7 +261,6 @@ def cache_command(args: list[str]) -> int:
                 )
         count = sum(f["entries"] for f in freed.values())
         console.print(f"freed {human_bytes(total)} ({count} entries) in {root}", highlight=False)
-        failed = [path for f in freed.values() for path in f["failed"]]
         if failed:
             console.print(
                 f"[yellow]warning:[/] could not delete {len(failed)} entries (permissions?): "
@@ -231,6 +270,7 @@ def cache_command(args: list[str]) -> int:
             )
             return 1
         return 0
+    refuse_a_file(root)
     summaries = summarise(root)
     if options.stage is not None:
         summaries = [s for s in summaries if s.name == options.stage]

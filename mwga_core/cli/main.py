@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "cache": "mwga_core.cli.cache:cache_command",
     "report": "mwga_core.cli.report:report_command",
     "plugins": "mwga_core.cli.plugins:plugins_command",
+    "counterfactual": "mwga_core.cli.counterfactual:counterfactual_command",
 }
 #: ``mwga [overrides]`` without a subcommand word
 RUN_TARGET = "mwga_core.cli.run:run_command"

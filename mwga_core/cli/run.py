@@ -3,6 +3,11 @@
 Hydra's ``@hydra.main`` composes the config, makes the run folder and runs :func:`task` once per job;
 :func:`task` types the config with :func:`mwga_core.config.compose.to_typed` and runs :func:`run_job`.
 A config that does not compose is reported like in every other command: one line, exit code 2.
+
+In a sweep (``-m``) a job that stops on a user error (``descriptor.bins=8,0``) does not stop the sweep:
+it prints its one-line error, leaves ``failed.json`` in its folder and returns; the other jobs run, the
+summary (:mod:`mwga_core.reporting.sweep`) lists the failed job with its error, and ``mwga -m`` exits
+with that job's code (2) once the sweep is over.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from mwga_core.config.compose import (
 )
 from mwga_core.config.schema import MwgaConfig, cache_path, register_configs
 from mwga_core.plugin_host.host import get_host
+from mwga_core.reporting.results import forget_job_failure, write_job_failure
 from mwga_core.reporting.run_outputs import table_console
+from mwga_core.reporting.sweep import ENDED_SWEEPS, EndedSweep
 
 #: Hydra's switch that makes it raise a composition error instead of printing it over several lines
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -70,15 +77,30 @@ def run_job(cfg: MwgaConfig, output_dir: Path) -> dict:
     return result.evaluation.mean
 
 
-def task(cfg: DictConfig) -> dict:
-    """The Hydra task. Module-level and undecorated, so parallel launchers (joblib) pickle it by name."""
-    from hydra.core.hydra_config import HydraConfig
+def task(cfg: DictConfig) -> dict | None:
+    """The Hydra task. Module-level and undecorated, so parallel launchers (joblib) pickle it by name.
 
+    A user error ends a single run with its code; in a sweep it is recorded in the job's folder
+    (``failed.json``) and the task returns None, so that Hydra goes on with the other jobs.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if in_sweep:
+        forget_job_failure(output_dir)
     try:
-        return run_job(to_typed(cfg), Path(HydraConfig.get().runtime.output_dir))
+        return run_job(to_typed(cfg), output_dir)
     except MwgaUserError as error:
         print_error(error)
-        raise SystemExit(error.exit_code) from None
+        # Hydra's launcher stops the sweep at an exception that is no Exception (SystemExit); at any
+        # other it finishes the batch but writes no summary: so return, and let the summary tell.
+        if not in_sweep:
+            raise SystemExit(error.exit_code) from None
+        write_job_failure(output_dir, error)
+        return None
 
 
 hydra_app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")(task)
@@ -105,11 +127,31 @@ def composition_errors_in_one_line() -> Iterator[None]:
 
 
 def run_command(args: list[str]) -> int:
-    """``mwga [overrides]``: Hydra's command line (``-m``, ``--cfg job``, ``--help``, ...) over conf/."""
+    """``mwga [overrides]``: Hydra's command line (``-m``, ``--cfg job``, ``--help``, ...) over conf/.
+
+    Returns 0, or for a sweep with failed jobs the highest of their exit codes (2 for user errors).
+    """
     host = get_host()
     register_configs(host)
     warn_plugin_problems(host)
     sys.argv = [sys.argv[0], *args]
+    ended_before = len(ENDED_SWEEPS)
     with composition_errors_in_one_line():
         hydra_app()
-    return 0
+    exit_code = 0
+    for sweep in ENDED_SWEEPS[ended_before:]:
+        if sweep.failed:
+            print_error(MwgaUserError(_failed_jobs_message(sweep)))
+        exit_code = max(exit_code, sweep.exit_code)
+    return exit_code
+
+
+def _failed_jobs_message(sweep: EndedSweep) -> str:
+    """``2 of 5 sweep jobs failed (job 1 (descriptor.bins=0), ...); <sweep>/summary.md lists their errors``."""
+    named = [
+        f"job {job.name} ({' '.join(f'{k}={v}' for k, v in job.overrides.items())})" for job in sweep.failed
+    ]
+    return (
+        f"{len(sweep.failed)} of {sweep.jobs} sweep jobs failed ({', '.join(named)}); "
+        f"{sweep.folder / 'summary.md'} lists their errors"
+    )

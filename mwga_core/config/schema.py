@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from mwga_core.config.checks import at_least, one_of
+from mwga_core.config.checks import at_least, one_of, satisfies
 from mwga_core.evaluation.metrics import MetricSpec
 from mwga_core.plugin_host.host import PluginHost
 from mwga_core.plugin_host.kinds import KINDS
@@ -42,6 +42,34 @@ class CacheConfig:
     gradients_max_gb: float = 8.0
 
 
+#: the methods ``mwga counterfactual`` scores by default (method presets, conf/method/)
+COUNTERFACTUAL_METHODS = ("ours", "motive", "ours_simulated", "descriptor_knn", "flow_magnitude", "random")
+
+
+@dataclass
+class CounterfactualConfig:
+    """``mwga counterfactual``: LDS over random training subsets and retraining without the top-k."""
+
+    #: random training subsets, one model trained on each (LDS)
+    subsets: int = field(default=32, metadata=at_least(2))
+    #: the fraction of the training clips in each subset
+    fraction: float = field(default=0.5, metadata=satisfies(lambda v: 0 < v < 1, "a number in (0, 1)"))
+    #: retrain without each query's top-k clips for each of these k (empty: no retraining protocol)
+    k: list[int] = field(default_factory=lambda: [10, 20])
+    #: queries of the retraining protocol (the first ones); 0 = every query
+    retrain_queries: int = field(default=6, metadata=at_least(0))
+    #: diffusion timesteps the model outputs average over, one fixed noise draw each
+    timesteps: list[int] = field(default_factory=lambda: [50, 100, 200, 400])
+    #: bootstrap resamples of the queries for the LDS interval
+    bootstrap: int = field(default=1000, metadata=at_least(0))
+    #: the bootstrap interval's coverage
+    level: float = field(default=0.9, metadata=satisfies(lambda v: 0 < v < 1, "a number in (0, 1)"))
+    #: the method presets whose attribution scores are evaluated
+    methods: list[str] = field(default_factory=lambda: list(COUNTERFACTUAL_METHODS))
+    #: the model option (config group model) retrained and attributed, for every method
+    model: str = "video_denoiser_unconditional"
+
+
 @dataclass
 class MwgaConfig:
     """Top-level run config. Component groups are filled by the defaults list."""
@@ -65,6 +93,8 @@ class MwgaConfig:
     static_threshold: float = field(default=0.01, metadata=at_least(0))
     eval: MetricSpec = field(default_factory=MetricSpec)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    #: ``mwga counterfactual``'s protocols (ignored by ``mwga``)
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     #: write every query's full ranking to rankings.csv
     save_rankings: bool = True
     #: keep projected features in the stage cache (<cache.dir>/stages/features/, when cache.enabled) and

@@ -12,7 +12,8 @@ declare :attr:`~mwga_core.api.gradients.GradientSource.uses_model`. The model is
    that :attr:`~mwga_core.api.models.ModelAdapter.can_train`) and written to the store.
 
 The store entry's lock is held from the read to the last write, so two runs that need the same model
-train it once.
+train it once. A damaged store entry is reported, removed and trained again; in a store that cannot be
+written the model is trained and kept in memory (both with a warning from the store).
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ def _train_into_store(
         "checkpoint_steps": sorted(checkpoints),
         "training": log,
     }
-    store.finish(key, info)
+    folder = store.finish(key, info)
+    where = f"cached in {folder}" if folder is not None else "kept in memory only"
     ctx.console.print(
         f"[dim]trained {log['parameters']} parameters for {log['steps']} steps in {log['seconds']:.1f} s "
-        f"(loss {log['first_loss']:.4f} -> {log['final_loss']:.4f}); cached in {store.folder(key)}[/dim]"
+        f"(loss {log['first_loss']:.4f} -> {log['final_loss']:.4f}); {where}[/dim]"
     )
-    return TrainedModel(adapter, clip_shape, num_classes, key, checkpoints, info, False, store.folder(key))
+    return TrainedModel(adapter, clip_shape, num_classes, key, checkpoints, info, False, folder)
 
 
 def prepare_gradient_source(

@@ -248,6 +248,9 @@ def _record(chunks: Iterator[GradientChunk], raw: RawGradients, total: int) -> I
                     return
                 device = str(chunk.grads.device)
                 entry = raw.cache.begin("gradients", raw.key)
+                if entry is None:  # the cache cannot be written (it warned): pass the rest on unstored
+                    yield from chunks
+                    return
                 grads = entry.memmap("grads", (k, total, d), np.float32)
             indices = np.asarray(chunk.indices, dtype=np.int64)
             grads[:, indices] = chunk.grads.detach().to("cpu").numpy()

@@ -19,7 +19,7 @@ COMMAND_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 COMMANDS_HOOK = "mwga_register_commands"
 #: mwga's own subcommands (the keys of ``mwga_core.cli.main.SUBCOMMANDS``): no plugin may take them
 BUILTIN_SUBCOMMANDS = frozenset(
-    {"index", "attribute", "model-check", "flow-eval", "cache", "report", "plugins"}
+    {"index", "attribute", "model-check", "flow-eval", "cache", "report", "plugins", "counterfactual"}
 )
 
 

@@ -3,6 +3,9 @@
 A *run folder* holds ``results.json``; a *sweep folder* holds job folders with ``results.json`` and
 ``.hydra/overrides.yaml`` (:func:`job_dirs`, :func:`job_overrides`; the sweep callback reads them too). Jobs whose overrides differ only in
 ``seed`` form one :class:`Group`; its metrics are the mean and sample standard deviation over them.
+
+A sweep job that stopped on a user error leaves ``failed.json`` instead (:func:`write_job_failure`,
+:func:`failed_job_dirs`): the sweep's summary lists it with its error, and reports leave it out.
 """
 
 from __future__ import annotations
@@ -16,15 +19,50 @@ from typing import Any
 import yaml
 
 from mwga_core.api.errors import DataError, MwgaUserError
+from mwga_core.storage.atomic import write_json_atomic
 
 #: the override that marks repetitions of one setting rather than a setting of its own
 SEED_KEY = "seed"
+#: what a sweep job that stopped on a user error leaves in its folder: the error and its exit code
+FAILED_JOB = "failed.json"
+
+
+def job_order(job_dir: Path) -> tuple[bool, int, str]:
+    """Sort key of job folders: by job number (Hydra names them 0, 1, ...), then by name."""
+    return (not job_dir.name.isdigit(), int(job_dir.name) if job_dir.name.isdigit() else 0, job_dir.name)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep that left a results.json, in job-number order."""
-    jobs = [p.parent for p in sweep_dir.glob("*/results.json")]
-    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    """The job folders of a sweep that left a results.json (and did not fail), in job-number order."""
+    jobs = [p.parent for p in sweep_dir.glob("*/results.json") if not (p.parent / FAILED_JOB).exists()]
+    return sorted(jobs, key=job_order)
+
+
+def write_job_failure(job_dir: Path, error: MwgaUserError) -> None:
+    """Record in a sweep job's folder that it stopped on ``error`` (``failed.json``)."""
+    record = {"error": str(error), "type": type(error).__name__, "exit_code": int(error.exit_code)}
+    write_json_atomic(Path(job_dir) / FAILED_JOB, record)
+
+
+def forget_job_failure(job_dir: Path) -> None:
+    """Remove the ``failed.json`` an earlier sweep into the same folder may have left."""
+    (Path(job_dir) / FAILED_JOB).unlink(missing_ok=True)
+
+
+def failed_job_dirs(sweep_dir: Path) -> dict[Path, dict[str, Any]]:
+    """``job folder -> {"error", "type", "exit_code"}`` of the sweep's failed jobs, in job-number order.
+
+    A ``failed.json`` that cannot be read still marks its job as failed (exit code 2).
+    """
+    failed = {}
+    for path in sorted((p.parent for p in sweep_dir.glob(f"*/{FAILED_JOB}")), key=job_order):
+        try:
+            record = json.loads((path / FAILED_JOB).read_text())
+            record = {**record, "error": str(record["error"]), "exit_code": int(record.get("exit_code", 2))}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            record = {"error": f"{FAILED_JOB} cannot be read ({error})", "exit_code": 2}
+        failed[path] = record
+    return failed
 
 
 def job_overrides(job_dir: Path) -> dict[str, str]:

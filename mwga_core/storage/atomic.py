@@ -8,12 +8,19 @@ machine. Temporary names start with ``.`` and end in ``.tmp`` (``mwga cache clea
 Locks: :func:`entry_lock` is an inter-process lock (:mod:`filelock`) on a hidden ``.<name>.lock`` file
 beside the path it guards. Lock files stay behind after release (deleting one while another process
 waits on it would let two processes in at once); they are a few bytes each.
+
+Deleting: :func:`discard_folder` renames a folder aside before deleting it, so a reader never sees it
+half-deleted, and a folder that cannot be renamed (a read-only parent) is left whole.
+:func:`why_not_writable` turns the :class:`OSError` of a failed write into words (a file where a folder
+should be, a read-only folder), for the warnings of the stores built on this module.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,3 +130,48 @@ def remove_free_lock(path: Path) -> bool:
         return True
     except (Timeout, OSError):
         return False
+
+
+def discard_folder(folder: Path) -> bool:
+    """Delete a folder: renamed aside first (``.trash-<name>-<random>``), so a reader never sees it
+    half-deleted. Returns False, deleting nothing, when it cannot be renamed (e.g. a read-only parent)."""
+    folder = Path(folder)
+    aside = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+#: errors of writing into a folder one may not write to
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+#: errors of writing under a path where a file is in the way of a folder
+_NOT_A_FOLDER = (errno.EEXIST, errno.ENOTDIR)
+
+
+def blocking_file(path: Path) -> Path | None:
+    """The file (not folder) at ``path`` or at one of its parents, which keeps a folder from being made
+    there; None when there is none."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def why_not_writable(path: Path, error: OSError) -> str:
+    """Why writing ``path`` failed with ``error``, in words naming the file or folder at fault.
+
+    ``"<p> is a file where a folder should be"``, ``"<folder> is read-only (Permission denied)"``, or the
+    error itself.
+    """
+    attempted = Path(error.filename) if error.filename else Path(path)
+    if error.errno in _NOT_A_FOLDER and (blocker := blocking_file(attempted)) is not None:
+        return f"{blocker} is a file where a folder should be"
+    if error.errno in _READ_ONLY:
+        existing = next(
+            (p for p in (attempted, *attempted.parents) if p.exists() or p.is_symlink()), attempted
+        )
+        return f"{existing} is read-only ({os.strerror(error.errno)})"
+    return f"{attempted}: {error.strerror or error}"

@@ -27,6 +27,10 @@ A partial folder whose arrays are missing or malformed, and a complete entry tha
 (manifest, shapes, checksums), is **discarded and recomputed** with a warning naming the folder and the
 reason: features are a cache, deterministic from the config, so recomputing is always correct and a
 damaged cache never stops a run.
+
+Neither does a cache that cannot be written (a read-only folder, a file where a folder should be): a
+complete entry is still read, and otherwise the features are kept in memory only, after the stage
+cache's one warning (:meth:`~mwga_core.storage.stage_cache.StageCache.cannot_write`).
 """
 
 from __future__ import annotations
@@ -34,13 +38,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mwga_core.storage.atomic import entry_lock, save_npy_atomic
+from mwga_core.storage.atomic import entry_lock, lock_path, save_npy_atomic
 from mwga_core.storage.stage_cache import PendingEntry, StageCache
 
 STAGE = "features"
@@ -70,6 +74,8 @@ class FeatureStore:
         self.shape: tuple[int, int, int] | None = None
         self._features: np.ndarray | None = None
         self._committed = False
+        #: the features are kept in memory only (the cache cannot be written)
+        self._in_memory = False
 
     @property
     def path(self) -> Path:
@@ -92,7 +98,9 @@ class FeatureStore:
             count: N, the split's number of clips.
             config: the projection config, recorded in the entry's manifest.
 
-        The lock is held for the whole block when the entry is not complete yet: fill it inside.
+        The lock is held for the whole block when the entry is not complete yet: fill it inside. When
+        the cache cannot be written (the lock cannot be taken, or a write failed before), the entry is
+        filled in memory and not stored.
         """
         if not cache.enabled:
             raise ValueError("the features entry lives in the stage cache, which is disabled")
@@ -104,7 +112,16 @@ class FeatureStore:
         def say_why_we_wait() -> None:
             log.info(f"another run is computing the features {store.path}; waiting for it")
 
-        with entry_lock(store.path, on_wait=say_why_we_wait):
+        with ExitStack() as held:
+            if cache.writable:
+                try:
+                    held.enter_context(entry_lock(store.path, on_wait=say_why_we_wait))
+                except OSError as error:
+                    cache.cannot_write(lock_path(store.path), error)
+            if not cache.writable:
+                store._in_memory = True
+                yield store
+                return
             # another process may have completed the entry while this one waited for the lock
             if not store._read_complete():
                 try:
@@ -139,19 +156,41 @@ class FeatureStore:
             raise RuntimeError(f"features entry {self.path} is complete; it is not written again")
         if self._features is None:
             self.shape = (int(features.shape[0]), self.count, int(features.shape[2]))
-            self.partial_path.mkdir(parents=True, exist_ok=True)
-            self._features = np.lib.format.open_memmap(
-                self.partial_path / "features.npy", mode="w+", dtype=np.float32, shape=self.shape
-            )
-            save_npy_atomic(self.partial_path / "done.npy", self.done)
+            self._features = self._new_features()
         elif (features.shape[0], features.shape[2]) != (self.shape[0], self.shape[2]):
             raise RuntimeError(
                 f"features of shape {features.shape} do not fit entry {self.partial_path} of shape {self.shape}"
             )
         self._features[:, indices] = features
-        self._features.flush()
         self.done[indices] = True
-        save_npy_atomic(self.partial_path / "done.npy", self.done)
+        if self._in_memory:
+            return
+        try:
+            self._features.flush()
+            save_npy_atomic(self.partial_path / "done.npy", self.done)
+        except OSError as error:
+            self._stop_storing(self.partial_path, error)
+
+    def _new_features(self) -> np.ndarray:
+        """(K, N, P) float32 zeros to fill: a memmap in the partial folder, or in memory only."""
+        if not self._in_memory:
+            try:
+                self.partial_path.mkdir(parents=True, exist_ok=True)
+                features = np.lib.format.open_memmap(
+                    self.partial_path / "features.npy", mode="w+", dtype=np.float32, shape=self.shape
+                )
+                save_npy_atomic(self.partial_path / "done.npy", self.done)
+                return features
+            except OSError as error:
+                self._stop_storing(self.partial_path, error)
+        return np.zeros(self.shape, dtype=np.float32)
+
+    def _stop_storing(self, path: Path, error: OSError) -> None:
+        """A write failed: warn (once per run, by the stage cache) and keep the features in memory."""
+        self.cache.cannot_write(path, error)
+        if self._features is not None:
+            self._features = np.array(self._features, dtype=np.float32)
+        self._in_memory = True
 
     def read(self) -> np.ndarray:
         """(K, N, P) float32 features of every clip, in memory; all clips must be done.
@@ -162,10 +201,13 @@ class FeatureStore:
             raise RuntimeError(
                 f"features entry {self.path} is incomplete: {int((~self.done).sum())} clips missing"
             )
-        if not self._committed:
+        if not (self._committed or self._in_memory):
             self._features.flush()
             self._features = np.array(self._features, dtype=np.float32)  # release the file's write map
-            self._commit()
+            try:
+                self._commit()
+            except OSError as error:
+                self._stop_storing(self.partial_path, error)
         return np.array(self._features, dtype=np.float32)
 
     def _commit(self) -> None:

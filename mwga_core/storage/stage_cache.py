@@ -21,6 +21,10 @@ into place, so readers never see a half-written entry; when two processes write 
 the first rename wins and the other discards its copy (both computed the same thing). A reader checks
 the manifest and the shape, dtype and checksum of every array; a damaged entry is a miss, reported with a
 warning naming its folder, and removed.
+
+A cache that cannot be written (a read-only folder, a file where a folder should be) never stops a run:
+entries are still read, the first write that fails is reported with one warning naming the file or
+folder at fault (:func:`unwritable_warning`), and the rest of the run stores nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from mwga_core import __version__
+from mwga_core.storage.atomic import blocking_file, discard_folder, why_not_writable
 from mwga_core.storage.keys import entry_key, plain
 
 log = logging.getLogger("mwga")
@@ -69,6 +74,33 @@ class DamagedEntryError(Exception):
     """An entry on disk that cannot be used; the message says why."""
 
 
+#: the "cannot write" warnings given since the current run opened its stage cache: the stage cache and
+#: the model store in one read-only folder would otherwise say the same thing twice
+_unwritable_warned: set[str] = set()
+
+
+def warn_unwritable(root: Path, path: Path, error: OSError, warn: Callable[[str], None]) -> None:
+    """Pass :func:`unwritable_warning` to ``warn``, unless this run was told the same already."""
+    message = unwritable_warning(root, path, error)
+    if message not in _unwritable_warned:
+        _unwritable_warned.add(message)
+        warn(message)
+
+
+def unwritable_warning(root: Path, path: Path, error: OSError) -> str:
+    """The warning for a write into cache folder ``root`` (at ``path``) that failed with ``error``:
+    what is at fault, that the run goes on storing nothing, and how to fix it."""
+    reason = why_not_writable(path, error)
+    blocker = blocking_file(Path(error.filename) if error.filename else path)
+    if blocker is not None and Path(blocker) == Path(root):
+        fix = "point cache.dir (MWGA_CACHE_DIR) at a folder"
+    elif blocker is not None:
+        fix = f"delete that file, e.g. with `mwga cache clear --dir {root}`"
+    else:
+        fix = "make it writable, or point cache.dir (MWGA_CACHE_DIR) at another folder"
+    return f"cannot write to the cache: {reason}; this run goes on without storing its results there ({fix})."
+
+
 @dataclass
 class CachedOutput:
     """What :meth:`StageCache.fetch` returns: the stage's arrays and metadata, and where they came from."""
@@ -90,6 +122,7 @@ class PendingEntry:
 
     def __init__(self, target: Path, folder: Path | None = None) -> None:
         self.target = target
+        self._own_folder = folder is None
         target.parent.mkdir(parents=True, exist_ok=True)
         self.folder = folder or target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.folder.mkdir(exist_ok=folder is not None)
@@ -108,7 +141,8 @@ class PendingEntry:
     def commit(self, stage: str, key: str, config: Any, meta: Mapping[str, Any] | None = None) -> Path:
         """Write the manifest and move the entry into place; an entry already there is kept.
 
-        Every ``.npy`` file in the folder is an array of the entry (listed with its checksum).
+        Every ``.npy`` file in the folder is an array of the entry (listed with its checksum). An
+        :class:`OSError` writing the manifest is raised, after removing a temporary folder of its own.
         """
         for array in self._memmaps.values():
             array.flush()
@@ -132,7 +166,12 @@ class PendingEntry:
             "arrays": arrays,
             "meta": dict(meta or {}),
         }
-        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        try:
+            (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        except OSError:
+            if self._own_folder:
+                self.abort()
+            raise
         try:
             os.rename(self.folder, self.target)
         except OSError:
@@ -161,6 +200,8 @@ class StageCache:
     seed: int = 0
     events: list[tuple[str, str, str]] = field(default_factory=list)
     warn: Callable[[str], None] | None = None
+    #: why the first failed write failed (None while none has): from then on nothing is written
+    write_error: str | None = field(default=None, init=False, repr=False)
 
     def key(
         self,
@@ -193,6 +234,18 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return Path(self.root) / "stages" / stage / key
 
+    @property
+    def writable(self) -> bool:
+        """Whether entries are written: the cache is enabled and no write has failed in this run."""
+        return self.enabled and self.write_error is None
+
+    def cannot_write(self, path: Path, error: OSError) -> None:
+        """Record that writing ``path`` failed: the first time warns (naming what is at fault), and no
+        entry is written for the rest of the run; reads go on."""
+        if self.write_error is None:
+            self.write_error = why_not_writable(path, error)
+            warn_unwritable(Path(self.root), path, error, self.warning)
+
     def load(
         self,
         stage: str,
@@ -214,9 +267,16 @@ class StageCache:
             self.remove(folder)
             return None
 
-    def begin(self, stage: str, key: str) -> PendingEntry:
-        """Start writing an entry (fill it, then :meth:`PendingEntry.commit`)."""
-        return PendingEntry(self.path(stage, key))
+    def begin(self, stage: str, key: str) -> PendingEntry | None:
+        """Start writing an entry (fill it, then :meth:`PendingEntry.commit`); None when the cache cannot
+        be written (:meth:`cannot_write` warned)."""
+        if not self.writable:
+            return None
+        try:
+            return PendingEntry(self.path(stage, key))
+        except OSError as error:
+            self.cannot_write(self.path(stage, key), error)
+            return None
 
     def save(
         self,
@@ -225,13 +285,22 @@ class StageCache:
         arrays: Mapping[str, np.ndarray],
         config: Any = None,
         meta: Mapping[str, Any] | None = None,
-    ) -> Path:
-        """Write an entry atomically (a concurrent writer of the same key may win; both are equal)."""
+    ) -> Path | None:
+        """Write an entry atomically (a concurrent writer of the same key may win; both are equal).
+
+        Returns its folder, or None when the cache cannot be written (warned once, see :meth:`cannot_write`).
+        """
         pending = self.begin(stage, key)
+        if pending is None:
+            return None
         try:
             for name, array in arrays.items():
                 pending.add(name, array)
             return pending.commit(stage, key, config, meta)
+        except OSError as error:
+            pending.abort()
+            self.cannot_write(pending.folder, error)
+            return None
         except BaseException:
             pending.abort()
             raise
@@ -252,8 +321,7 @@ class StageCache:
             self.events.append((stage, label, "cached"))
             return CachedOutput(found[0], found[1], True, key)
         arrays, meta = compute()
-        if self.enabled:
-            self.save(stage, key, arrays, config, meta)
+        self.save(stage, key, arrays, config, meta)
         self.events.append((stage, label, "computed"))
         return CachedOutput(dict(arrays), dict(meta), False, key)
 
@@ -280,13 +348,9 @@ class StageCache:
 
     @staticmethod
     def remove(folder: Path) -> None:
-        """Delete an entry: renamed aside first, so a reader never sees it half-deleted."""
-        aside = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(folder, aside)
-        except OSError:
-            return
-        shutil.rmtree(aside, ignore_errors=True)
+        """Delete an entry: renamed aside first, so a reader never sees it half-deleted (a read-only
+        cache keeps it)."""
+        discard_folder(folder)
 
     def warning(self, message: str) -> None:
         """Report a problem with the cache (``warn`` when given, else the ``mwga`` logger)."""
@@ -338,5 +402,7 @@ def stage_cache_from_config(cfg: Any, ctx: Any) -> StageCache:
     """The run's stage cache in ``ctx.cache_dir`` (``cache.dir``), on when ``cache.enabled`` is true.
 
     Its warnings go to the ``mwga`` logger, so under Hydra they also land in the run's ``mwga.log``.
+    A run starts here, so this also forgets the "cannot write" warnings of an earlier run in the process.
     """
+    _unwritable_warned.clear()
     return StageCache(Path(ctx.cache_dir), enabled=bool(cfg.cache.enabled), seed=int(ctx.seed))

@@ -1,0 +1,152 @@
+"""Models retrained on part of the training clips, through the ``model`` stage and its model store.
+
+Every retrained model goes through :func:`~mwga_core.pipeline.model_stage.load_or_train_model`, so it is
+kept in the model store under a key of its training clips: methods, reruns and an interrupted run that
+is started again reuse every model already finished. :class:`Retrainer` counts what it trained and what
+it read from the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mwga_core.api.clips import ClipSet
+from mwga_core.api.context import RunContext
+from mwga_core.api.models import ModelAdapter
+from mwga_core.counterfactual.outputs import OUTPUT_NAMES, model_outputs
+from mwga_core.counterfactual.subsets import keep_without, random_removal, top_k
+from mwga_core.pipeline.model_stage import load_or_train_model
+
+#: the removal of k random training clips, and of k random clips of the query's class (the label oracle)
+RANDOM_REMOVAL, LABEL_ORACLE = "k random clips", "k random clips of the class"
+
+
+@dataclass
+class Retrainer:
+    """Trains (or reads) the model of a subset of ``train`` and measures its outputs on ``queries``.
+
+    Attributes:
+        trained / cached: models trained by this run / read from the model store.
+        reused: requests for a model this run already measured (the same clips twice).
+        seconds: wall time spent in the model stage (training or reading).
+    """
+
+    adapter: ModelAdapter
+    train: ClipSet
+    queries: ClipSet
+    num_classes: int
+    timesteps: Sequence[int]
+    ctx: RunContext
+    trained: int = 0
+    cached: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    _memo: dict[tuple[int, ...], tuple[dict[str, np.ndarray], bool]] = field(default_factory=dict)
+
+    def outputs(self, keep: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Outputs (name -> (Q,)) of the model trained on the clips ``keep`` (indices), and whether that
+        model came from the store (or was already measured in this run)."""
+        signature = tuple(int(i) for i in keep)
+        if signature in self._memo:
+            self.reused += 1
+            return self._memo[signature][0], True
+        start = time.perf_counter()
+        model = load_or_train_model(self.adapter, self.train.subset(keep), self.ctx, self.num_classes)
+        self.seconds += time.perf_counter() - start
+        if model.loaded_from_cache:
+            self.cached += 1
+        else:
+            self.trained += 1
+        outputs = model_outputs(model, self.queries, self.timesteps, self.ctx)
+        self._memo[signature] = (outputs, model.loaded_from_cache)
+        return outputs, model.loaded_from_cache
+
+
+def subset_outputs(retrainer: Retrainer, subsets: np.ndarray) -> dict[str, np.ndarray]:
+    """Each subset model's outputs. Shape: subsets (S, m) -> name -> (S, Q) float64."""
+    rows = []
+    with retrainer.ctx.progress("LDS subset models", len(subsets)) as progress:
+        for indices in subsets:
+            rows.append(retrainer.outputs(indices)[0])
+            progress.advance(1)
+    return {name: np.stack([row[name] for row in rows]) for name in OUTPUT_NAMES}
+
+
+def removal_sets(
+    scores: dict[str, np.ndarray],
+    query: int,
+    query_label: int,
+    train_labels: np.ndarray,
+    k: int,
+    ctx: RunContext,
+) -> dict[str, np.ndarray]:
+    """What to remove for one query and k: each method's top-k, k random clips (:data:`RANDOM_REMOVAL`)
+    and k random clips of the query's class (:data:`LABEL_ORACLE`). ``scores``: method -> (Q, N)."""
+    clash = {RANDOM_REMOVAL, LABEL_ORACLE} & set(scores)
+    if clash:
+        raise ValueError(f"method names {sorted(clash)} are reserved for the baseline removals")
+    num_clips = len(train_labels)
+    sets = {method: top_k(method_scores[query], k) for method, method_scores in scores.items()}
+    sets[RANDOM_REMOVAL] = random_removal(num_clips, k, ctx.rng("counterfactual-random", query, k))
+    same_class = np.flatnonzero(train_labels == query_label)
+    sets[LABEL_ORACLE] = random_removal(
+        num_clips, k, ctx.rng("counterfactual-class", query, k), among=same_class
+    )
+    return sets
+
+
+def retrain_without_top_k(
+    retrainer: Retrainer,
+    scores: dict[str, np.ndarray],
+    full: dict[str, np.ndarray],
+    ks: Sequence[int],
+    query_indices: Sequence[int],
+) -> list[dict]:
+    """One row per query, k and removal: the change of each output (without - full; positive = the
+    removed clips helped the query) and whether the model was cached.
+
+    Args:
+        scores: method -> (Q, N) attribution scores.
+        full: name -> (Q,) outputs of the model trained on every clip.
+    """
+    train, queries = retrainer.train, retrainer.queries
+    rows = []
+    total = len(query_indices) * len(ks) * (len(scores) + 2)
+    with retrainer.ctx.progress("retrain without top-k", total) as progress:
+        for q in query_indices:
+            for k in ks:
+                sets = removal_sets(scores, q, int(queries.labels[q]), train.labels, k, retrainer.ctx)
+                for removal, removed in sets.items():
+                    outputs, cached = retrainer.outputs(keep_without(len(train), removed))
+                    rows.append(
+                        {
+                            "query": queries.ids[q],
+                            "k": int(k),
+                            "removal": removal,
+                            "removed": len(removed),
+                            "delta": {name: float(outputs[name][q] - full[name][q]) for name in OUTPUT_NAMES},
+                            "cached": cached,
+                        }
+                    )
+                    progress.advance(1)
+    return rows
+
+
+def retrain_summary(rows: list[dict]) -> list[dict]:
+    """Mean change per (removal, k) over queries: ``{removal, k, queries, delta: {name: mean}}``."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["removal"], row["k"]), []).append(row)
+    return [
+        {
+            "removal": removal,
+            "k": k,
+            "queries": len(group),
+            "delta": {name: float(np.mean([r["delta"][name] for r in group])) for name in OUTPUT_NAMES},
+        }
+        for (removal, k), group in groups.items()
+    ]

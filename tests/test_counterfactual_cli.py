@@ -1,0 +1,69 @@
+"""`mwga counterfactual` end to end with tiny settings: the JSON's structure and the cached subset models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MWGA = (
+    str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
+)
+TINY = [
+    "dataset.num_clips=24",
+    "counterfactual.subsets=3",
+    "model.training.steps=10",
+    "model.training.checkpoints=[]",
+    "counterfactual.methods=[ours_simulated,random]",
+    "counterfactual.k=[3]",
+    "counterfactual.retrain_queries=1",
+    "counterfactual.bootstrap=50",
+]
+
+
+def counterfactual(out: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWGA_")}
+    env["MWGA_CACHE_DIR"] = str(cwd / "cache")
+    # the timeout only stops a hung process: never tight, a loaded machine is many times slower
+    return subprocess.run(
+        [MWGA, "counterfactual", "--output-dir", str(out), *TINY, *extra],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+
+
+def test_counterfactual_writes_lds_and_retrain_tables_and_reuses_models(tmp_path: Path) -> None:
+    first = counterfactual(tmp_path / "one", tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    document = json.loads((tmp_path / "one" / "counterfactual.json").read_text())
+    queries = document["queries"]
+    assert len(queries) == 6 and document["num_train"] == 24
+    assert len(document["subsets"]) == 3 and all(len(s) == 12 for s in document["subsets"])
+    assert set(document["lds"]) == {"ours_simulated", "random"}
+    for by_output in document["lds"].values():
+        assert set(by_output) == {"loss", "motion"}
+        for value in by_output.values():
+            assert value["low"] <= value["mean"] <= value["high"]
+            assert len(value["per_query"]) == 6 and all(-1 <= v <= 1 for v in value["per_query"])
+    removals = {row["removal"] for row in document["retrain"]["rows"]}
+    assert {"ours_simulated", "random", "k random clips", "k random clips of the class"} == removals
+    assert all(row["k"] == 3 and row["removed"] == 3 for row in document["retrain"]["rows"])
+    models = document["models"]
+    # 3 subsets + the full model + up to 4 removals (repeats are measured once)
+    assert models["cached"] == 0 and models["trained"] + models["reused"] == 8
+    for name in ("lds.csv", "retrain.csv", "table.md"):
+        assert (tmp_path / "one" / name).stat().st_size > 0
+    assert "LDS loss" in first.stdout
+
+    second = counterfactual(tmp_path / "two", tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "two" / "counterfactual.json").read_text())
+    assert again["models"]["trained"] == 0 and again["models"]["cached"] == models["trained"]
+    assert again["lds"] == document["lds"] and again["retrain"]["rows"] != []
+
+
+def test_counterfactual_refuses_a_bad_setting_before_any_work(tmp_path: Path) -> None:
+    done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.timesteps=[5000]")
+    assert done.returncode == 2 and "counterfactual.timesteps" in done.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.json"))
