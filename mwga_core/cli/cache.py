@@ -173,6 +173,7 @@ def clear(root: Path, stage: str | None = None, older_than_days: float | None = 
         MwgaUserError: ``root`` is a file.
     """
     refuse_a_file(root)
+    refuse_a_foreign_folder(root)
     folders = cache_folders(root)
     if stage is not None:
         if stage not in folders:
@@ -203,6 +204,21 @@ def clear(root: Path, stage: str | None = None, older_than_days: float | None = 
                 remove_free_lock(guarded)
         freed[name] = removed
     return freed
+
+
+def refuse_a_foreign_folder(root: Path) -> None:
+    """``mwga cache clear --dir X`` deletes inside X: refuse an X that holds anything mwga did not write
+    there (its top level holds only ``stages``, the other caches' folders and hidden temporary files)."""
+    if not root.is_dir():
+        return
+    known = {"stages", "features", *OTHER_CACHES}  # features: the top-level store of older versions
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in known and not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise MwgaUserError(
+            f"{root} is not an mwga cache folder (it holds {shown}): `mwga cache clear` deletes nothing "
+            "there. Point --dir or MWGA_CACHE_DIR (cache.dir) at the cache folder."
+        )
 
 
 def refuse_a_file(root: Path) -> None:
