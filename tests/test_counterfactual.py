@@ -13,7 +13,7 @@ from mwga_core.counterfactual.lds import (
     lds_summary,
     spearman,
 )
-from mwga_core.counterfactual.outputs import still_copy
+from mwga_core.diffusion.model_inputs import still_frames
 from mwga_core.counterfactual.retrain import LABEL_ORACLE, RANDOM_REMOVAL, removal_sets
 from mwga_core.counterfactual.subsets import draw_subsets, keep_without, random_removal, subset_masks, top_k
 
@@ -116,7 +116,7 @@ def test_top_k_ties_by_index_and_removals() -> None:
     assert all((sets[name] == again[name]).all() for name in sets)
 
 
-def test_still_copy_repeats_the_middle_frame() -> None:
+def test_still_frames_repeat_the_middle_frame() -> None:
     frames = np.random.default_rng(0).random((2, 5, 4, 4, 1)).astype(np.float32)
-    still = still_copy(frames)
+    still = still_frames(frames)
     assert still.shape == frames.shape and (still == frames[:, 2:3]).all()

@@ -16,13 +16,22 @@ The contract, in model space (``x`` is a clip as the model sees it, channels fir
   :meth:`ModelAdapter.pretrained` may hand the ``model`` stage weights that come with the adapter
   (:class:`PretrainedWeights`), so that nothing is trained. Either way the stage's result is a
   :class:`~mwga_core.api.trained_model.TrainedModel`, whose ``module(step)`` calls ``load``.
+  With ``model.checkpoint`` set, the default :meth:`ModelAdapter.pretrained` reads that file (safetensors,
+  or a torch state dict read with ``weights_only=True``), so any adapter can attribute a model trained
+  elsewhere.
 * :meth:`ModelAdapter.encode` / :meth:`ModelAdapter.decode` convert between frames (N, T, H, W, C) in
-  [0, 1] and model space (N, C, T, H, W) in [-1, 1].
-* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.per_example_loss`, :meth:`ModelAdapter.training_loss`,
-  :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample` have DDPM / DDIM defaults, with the
-  shared options of :class:`ModelConfig`: classifier-free guidance (``training.label_dropout`` adds a null
-  label, the last class-embedding row; ``guidance`` mixes it into sampling) and image-to-video
-  (``context_frames`` clean leading frames, kept out of the loss).
+  [0, 1] and model space (N, C, T, H, W) in [-1, 1] (:meth:`ModelAdapter.model_shape`; a latent model's
+  VAE changes C, T, H and W). A model whose encoder does not commute with playing the clip backwards
+  sets :attr:`ModelAdapter.time_reversal_commutes` to False, so contrasts encode reversed frames.
+* The denoiser may take per-clip conditioning (text embeddings): :meth:`ModelAdapter.condition` gives
+  keyword tensors, one row per clip, that are passed on as ``forward(x_t, t, labels, **condition)``.
+* :meth:`ModelAdapter.add_noise`, :meth:`ModelAdapter.target`, :meth:`ModelAdapter.per_example_loss`,
+  :meth:`ModelAdapter.training_loss`, :meth:`ModelAdapter.dtrak_output` and :meth:`ModelAdapter.sample`
+  have DDPM / DDIM eps-prediction defaults, with the shared options of :class:`ModelConfig`:
+  classifier-free guidance (``training.label_dropout`` adds a null label, the last class-embedding row;
+  ``guidance`` mixes it into sampling) and image-to-video (``context_frames`` clean leading frames, kept
+  out of the loss). A family with another objective (v-prediction, flow matching) overrides ``add_noise``
+  and ``target``.
 
 Built-in implementations (``plugins/models``):
     video_denoiser: a small factorised space/time denoiser on a patchified latent grid, CPU-first.
@@ -45,6 +54,8 @@ from mwga_core.plugin_host.registry import ComponentConfig
 if TYPE_CHECKING:
     import torch
 
+    from mwga_core.api.clips import ClipSet
+
 TRAINING_OBJECTIVES = ("eps", "v")
 #: floor of alpha_bar_t in the v objective's 1 / alpha_bar_t weight (the cosine schedule's last step is ~0)
 V_OBJECTIVE_FLOOR = 1e-4
@@ -52,6 +63,8 @@ V_OBJECTIVE_FLOOR = 1e-4
 Weights = Union[Path, Mapping[str, "torch.Tensor"]]  # noqa: UP007 (a runtime alias with a string member)
 #: mismatching keys an error message lists at most
 SHOWN_KEYS = 5
+#: model config fields that do not shape the module, left out of a checkpoint file's key
+NOT_ARCHITECTURE_FIELDS = ("training", "checkpoint", "sample_steps", "guidance")
 _UNIT_INTERVAL = satisfies(lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
@@ -99,6 +112,9 @@ class ModelConfig(ComponentConfig):
     #: eps(null)); 1 = plain conditional sampling; other values need training.label_dropout > 0
     guidance: float = field(default=1.0, metadata=at_least(0))
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    #: trained weights to attribute instead of training: a safetensors file or a torch state dict
+    #: (read with weights_only=True); the model store key then hashes the file's content. "" = train
+    checkpoint: str = ""
 
 
 class ModelAdapter:
@@ -161,12 +177,29 @@ class ModelAdapter:
         return module
 
     def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> PretrainedWeights | None:
-        """Trained weights that come with this adapter (e.g. a checkpoint its config names), or None.
+        """Trained weights that come with this adapter, or None.
 
-        With weights, the ``model`` stage uses them and trains nothing. Default: None (mwga trains the
-        model on the training clips, which needs :attr:`can_train`).
+        With weights, the ``model`` stage uses them and trains nothing. Default: the file ``checkpoint``
+        names (:func:`~mwga_core.api.checkpoints.read_checkpoint`, checked against this architecture
+        here, so a file that does not fit is named before any work), else None (mwga trains the model
+        on the training clips, which needs :attr:`can_train`).
         """
-        return None
+        if not self.config.checkpoint:
+            return None
+        from mwga_core.storage.keys import digest, plain
+        from mwga_core.storage.weights_file import check_weights_path, content_hash, read_weights
+
+        path = check_weights_path(self.config.checkpoint)
+        weights = read_weights(path)
+        try:  # build it once now, so a file that does not fit is named before any work
+            self.load(weights_in_memory(weights), clip_shape, self.embedding_classes(num_classes))
+        except DataError as error:
+            raise DataError(f"model.checkpoint={path}: {error}") from None
+        architecture = {k: v for k, v in plain(self.config).items() if k not in NOT_ARCHITECTURE_FIELDS}
+        key = "checkpoint-" + digest(
+            {"adapter": type(self).__qualname__, "config": architecture, "weights": content_hash(path)}
+        )
+        return PretrainedWeights(key=key, checkpoints={0: weights})
 
     def embedding_classes(self, num_classes: int) -> int:
         """Rows of the class embedding to build: the classes, plus the null label with label dropout."""
@@ -198,9 +231,37 @@ class ModelAdapter:
         frames = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
         return frames.contiguous().numpy()
 
+    def model_shape(self, clip_shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """(C, T, H, W) of one clip in model space, for clips of ``clip_shape`` = (T, H, W, C).
+
+        Pixel-space models: the frames, channels first. A latent model returns its latent grid.
+        """
+        t, h, w, c = clip_shape
+        return c, t, h, w
+
     def loss_grid(self, clip_shape: tuple[int, int, int, int]) -> tuple[int, int, int]:
-        """(T, H, W) of the loss a per-pixel weight mask multiplies; pixel-space models: the frames."""
-        return clip_shape[0], clip_shape[1], clip_shape[2]
+        """(T, H, W) of the loss a per-pixel weight mask multiplies: the model-space grid."""
+        return self.model_shape(clip_shape)[1:]
+
+    def encoder_key(self) -> str | None:
+        """A name for an expensive encoder (a VAE: e.g. its weights' hash), so that encoded clips are
+        cached (:func:`~mwga_core.diffusion.model_inputs.encode_clips`); None (default) for an encoder
+        that costs nothing, which is run every time."""
+        return None
+
+    #: whether encoding commutes with playing the clip backwards (and with holding it still), i.e.
+    #: ``encode(frames[:, ::-1]) == encode(frames).flip(2)``. True in pixel space; False for a latent
+    #: model whose (causal) video VAE does not, so contrasts encode the counterfactual frames themselves.
+    time_reversal_commutes: ClassVar[bool] = True
+
+    def condition(self, clips: ClipSet) -> dict[str, torch.Tensor] | None:
+        """Per-clip conditioning keyword inputs of the denoiser (e.g. text embeddings), or None.
+
+        Each tensor has one row per clip of ``clips``, in order (CPU); gradient sources slice them with
+        the clips and pass them as ``forward(x_t, t, labels, **condition)``. Default: None (the only
+        condition is the class label, when ``conditional``).
+        """
+        return None
 
     # -- diffusion ----------------------------------------------------------------------------------
 
@@ -235,29 +296,38 @@ class ModelAdapter:
         k = self.config.context_frames
         return x[:, :, k:] if k and x.ndim >= 3 and x.shape[2] > 1 else x
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser's prediction is regressed on at ``x_t = add_noise(x0, t, noise)``.
+
+        Default: the noise (eps-prediction); a v-prediction or flow-matching family overrides it.
+        Shape: x0 (B, C, T, H, W), noise broadcastable to it, t (B,) -> broadcastable to (B, C, T, H, W).
+        """
+        return noise
+
     def per_example_loss(
-        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None
+        self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Eps-prediction MSE per example over the generated frames, optionally weighted per pixel.
+        """MSE of the prediction against its :meth:`target` per example over the generated frames,
+        optionally weighted per element of the loss grid.
 
         Shape:
-            prediction, noise: (B, C, T, H, W).
+            prediction, target: (B, C, T, H, W).
             weight: None or broadcastable to (B, C, T, H, W), e.g. (B, 1, T, H, W) (MOTIVE's motion mask).
-            returns: (B,), the mean over every other dimension of ``weight * (prediction - noise)^2``,
+            returns: (B,), the mean over every other dimension of ``weight * (prediction - target)^2``,
             leaving out the ``context_frames`` first frames.
         """
-        error = (self._generated_frames(prediction).float() - self._generated_frames(noise).float()) ** 2
+        error = (self._generated_frames(prediction).float() - self._generated_frames(target).float()) ** 2
         if weight is not None:
             error = error * self._generated_frames(weight)
         return error.flatten(1).mean(dim=1)
 
-    def training_loss(self, prediction: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The per-example training loss of ``training.objective`` at timesteps ``t`` (B,). -> (B,).
 
         ``v``: since eps = sqrt(ab) v + sqrt(1 - ab) x_t, the eps error is sqrt(ab_t) times the v error,
         so the v MSE is the eps MSE / ab_t.
         """
-        loss = self.per_example_loss(prediction, noise)
+        loss = self.per_example_loss(prediction, target)
         if self.config.training.objective == "v":
             alpha_bar = self.schedule.alpha_bars.to(loss.device)[t].clamp_min(V_OBJECTIVE_FLOOR)
             loss = loss / alpha_bar.to(loss.dtype)
@@ -293,7 +363,7 @@ class ModelAdapter:
         """
         import torch
 
-        t, h, w, c = clip_shape
+        c, t, h, w = self.model_shape(clip_shape)
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((count, c, t, h, w), generator=generator).to(device)
         label_tensor = None if labels is None else labels.to(device)
@@ -354,6 +424,15 @@ class ModelCannotTrainError(MwgaUserError):
             "can_train=False) and it was given no trained weights: point its config at a trained model or "
             "choose an adapter that trains, e.g. model=video_denoiser."
         )
+
+
+def weights_in_memory(weights: Weights) -> Mapping[str, torch.Tensor]:
+    """A state dict: ``weights`` itself, or the safetensors file it names read into memory."""
+    if isinstance(weights, Path):
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    return weights
 
 
 def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], origin: str) -> None:

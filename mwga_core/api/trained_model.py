@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mwga_core.api.models import ModelAdapter, Weights
+from mwga_core.api.models import ModelAdapter, Weights, weights_in_memory
 
 if TYPE_CHECKING:
     import torch
@@ -61,12 +61,7 @@ class TrainedModel:
         step = self.steps[-1] if step is None else step
         if step not in self.checkpoints:
             raise KeyError(f"no checkpoint at step {step}; saved steps: {self.steps}")
-        weights = self.checkpoints[step]
-        if isinstance(weights, Path):
-            from safetensors.torch import load_file
-
-            return load_file(str(weights))
-        return weights
+        return weights_in_memory(self.checkpoints[step])
 
     def module(self, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
         """The denoiser with the weights of checkpoint ``step`` (default: the last), in eval mode."""

@@ -20,16 +20,11 @@ import numpy as np
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.trained_model import TrainedModel
+from mwga_core.diffusion.model_inputs import encode_clips, still_frames
 from mwga_core.diffusion.objectives import shared_noise
 
 #: the output functions, in report order
 OUTPUT_NAMES: tuple[str, ...] = ("loss", "motion")
-
-
-def still_copy(frames: np.ndarray) -> np.ndarray:
-    """Each clip's middle frame repeated over time. Shape: (Q, T, H, W, C) -> (Q, T, H, W, C)."""
-    middle = frames[:, frames.shape[1] // 2]
-    return np.repeat(middle[:, None], frames.shape[1], axis=1)
 
 
 def query_losses(
@@ -43,8 +38,8 @@ def query_losses(
 
     adapter = model.adapter
     module = model.module(device=ctx.device)
-    noises = shared_noise(model.clip_shape, timesteps, ctx)
-    x0 = adapter.encode(frames).to(ctx.device)
+    noises = shared_noise(adapter.model_shape(model.clip_shape), timesteps, ctx)
+    x0 = encode_clips(adapter, frames, ctx).to(ctx.device)
     conditional = adapter.config.conditional
     label_tensor = (
         torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(ctx.device) if conditional else None
@@ -55,7 +50,8 @@ def query_losses(
             t_n = torch.full((len(frames),), int(t), dtype=torch.int64, device=ctx.device)
             batch_noise = noise[None].expand_as(x0).to(ctx.device)
             prediction = module(adapter.add_noise(x0, t_n, batch_noise), t_n, label_tensor)
-            total += adapter.per_example_loss(prediction, batch_noise).double().cpu()
+            target = adapter.target(x0, batch_noise, t_n)
+            total += adapter.per_example_loss(prediction, target).double().cpu()
     return (total / len(timesteps)).numpy()
 
 
@@ -64,5 +60,5 @@ def model_outputs(
 ) -> dict[str, np.ndarray]:
     """Every output of :data:`OUTPUT_NAMES` for every query. Returns name -> (Q,) float64."""
     loss = query_losses(model, queries.frames, queries.labels, timesteps, ctx)
-    still = query_losses(model, still_copy(queries.frames), queries.labels, timesteps, ctx)
+    still = query_losses(model, still_frames(queries.frames), queries.labels, timesteps, ctx)
     return {"loss": loss, "motion": loss - still}

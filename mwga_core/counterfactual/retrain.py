@@ -16,6 +16,7 @@ import numpy as np
 
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
+from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter
 from mwga_core.counterfactual.outputs import OUTPUT_NAMES, model_outputs
 from mwga_core.counterfactual.subsets import keep_without, random_removal, top_k
@@ -46,6 +47,16 @@ class Retrainer:
     reused: int = 0
     seconds: float = 0.0
     _memo: dict[tuple[int, ...], tuple[dict[str, np.ndarray], bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a model given as trained weights would be "retrained" into itself for every subset
+        if self.adapter.config.checkpoint:
+            raise ConfigValueError(
+                "model.checkpoint",
+                self.adapter.config.checkpoint,
+                '"" (the counterfactual protocols retrain the model on subsets of the training clips; '
+                "they cannot retrain a given checkpoint)",
+            )
 
     def outputs(self, keep: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
         """Outputs (name -> (Q,)) of the model trained on the clips ``keep`` (indices), and whether that

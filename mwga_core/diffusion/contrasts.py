@@ -33,17 +33,38 @@ GradientFunction = Callable[[ExampleBatch], "torch.Tensor"]
 Contrast = Callable[[GradientFunction, ExampleBatch], "torch.Tensor"]
 
 
+#: contrast name -> the counterpart clips (:attr:`ExampleBatch.counterparts`) it differentiates
+COUNTERPARTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "reverse": ("reversed",),
+    "static": ("still",),
+    "reverse_static": ("reversed", "still"),
+}
+
+
 def time_reversed(batch: ExampleBatch) -> ExampleBatch:
-    """The clips played backwards, their loss weights too. Time is dim 2 of x0 and of the weight."""
+    """The clips played backwards, their loss weights too. Time is dim 2 of x0 and of the weight.
+
+    A latent model's batch carries the reversed clips encoded from reversed frames
+    (``counterparts["reversed"]``), since its video VAE does not commute with reversal; otherwise x0 is
+    flipped.
+    """
     weight = None if batch.weight is None else batch.weight.flip(2)
-    return ExampleBatch(batch.x0.flip(2), batch.labels, weight)
+    x0 = batch.counterparts["reversed"] if "reversed" in batch.counterparts else batch.x0.flip(2)
+    return ExampleBatch(x0, batch.labels, weight, batch.condition)
 
 
 def held_still(batch: ExampleBatch) -> ExampleBatch:
-    """Each clip's middle frame repeated over its length (no motion, the same texture); same weights."""
-    middle = batch.x0.shape[2] // 2
-    still = batch.x0[:, :, middle : middle + 1].expand_as(batch.x0).contiguous()
-    return ExampleBatch(still, batch.labels, batch.weight)
+    """Each clip's middle frame repeated over its length (no motion, the same texture); same weights.
+
+    A latent model's batch carries them encoded from still frames (``counterparts["still"]``).
+    """
+    if "still" in batch.counterparts:
+        still = batch.counterparts["still"]
+    else:
+        middle = batch.x0.shape[2] // 2
+        still = batch.x0[:, :, middle : middle + 1].expand_as(batch.x0).contiguous()
+    return ExampleBatch(still, batch.labels, batch.weight, batch.condition)
 
 
 def no_contrast(gradient: GradientFunction, batch: ExampleBatch) -> torch.Tensor:
@@ -122,7 +143,10 @@ class LossRegions:
                 if batch.weight is None
                 else batch.weight
             )
-            cells = [gradient(ExampleBatch(x0, batch.labels, base * mask.to(x0.device))) for mask in masks]
+            cells = [
+                gradient(ExampleBatch(x0, batch.labels, base * mask.to(x0.device), batch.condition))
+                for mask in masks
+            ]
             return torch.cat(cells, dim=1)
 
         return per_cell

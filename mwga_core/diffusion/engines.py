@@ -12,6 +12,8 @@ An engine differentiates a per-example :class:`Objective` (what is differentiate
   keep examples apart; it never back-propagates below the first selected layer and can split each
   weight gradient by output position (``position_cells``).
 * :class:`CheckedEngine`: the batched engine, checked once against the vmap engine on two examples.
+* :class:`LoopEngine`: one forward and backward per example; any model. :class:`VmapWithFallback` (what
+  ``vmap`` means) switches to it when torch.func cannot batch the model.
 
 An objective is a mean of ``num_terms`` terms (e.g. diffusion timesteps): the batched engine
 differentiates one term at a time, so only one term's activations are alive at once.
@@ -20,9 +22,10 @@ differentiates one term at a time, so only one term's activations are alive at o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mwga_core.api.errors import ConfigValueError
@@ -44,19 +47,32 @@ class ExampleBatch:
         x0: (n, C, T, H, W) clean clips.
         labels: (n,) int64 classes.
         weight: None, or a per-example loss weight (n, 1, T', H', W') (e.g. the motion mask).
+        condition: the denoiser's per-example keyword inputs (e.g. text embeddings (n, L, D)), n rows
+            each (:meth:`~mwga_core.api.models.ModelAdapter.condition`); empty for none.
+        counterparts: the same clips played backwards (``reversed``) or held still (``still``), encoded
+            from their frames, for a model whose encoder does not commute with time reversal
+            (:attr:`~mwga_core.api.models.ModelAdapter.time_reversal_commutes`); empty otherwise, and
+            contrasts then make them from x0.
     """
 
     x0: torch.Tensor
     labels: torch.Tensor
     weight: torch.Tensor | None = None
+    condition: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    counterparts: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
 
     def rows(self, index: slice) -> ExampleBatch:
         """The examples ``index`` selects (views)."""
-        weight = None if self.weight is None else self.weight[index]
-        return ExampleBatch(self.x0[index], self.labels[index], weight)
+        return ExampleBatch(
+            self.x0[index],
+            self.labels[index],
+            None if self.weight is None else self.weight[index],
+            {name: value[index] for name, value in self.condition.items()},
+            {name: value[index] for name, value in self.counterparts.items()},
+        )
 
 
 class Objective(Protocol):
@@ -132,21 +148,85 @@ class VmapEngine(EngineSettings):
 
         module, frozen = selection.module, selection.frozen
 
-        def one(params: dict, x0: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None):
-            def forward(*args):
+        def one(params: dict, x0: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, condition):
+            def forward(*args, **kwargs):
                 with self.autocast():
-                    return functional_call(module, (params, frozen), args)
+                    return functional_call(module, (params, frozen), args, kwargs)
 
             w = None if weight is None else weight[None]
-            return objective(forward, ExampleBatch(x0[None], label[None], w)).sum()
+            single = {name: value[None] for name, value in condition.items()}
+            return objective(forward, ExampleBatch(x0[None], label[None], w, single)).sum()
 
-        in_dims = (None, 0, 0, None if batch.weight is None else 0)
+        # the condition's tensors are batched along dim 0 like x0; shared inputs stay inside the model
+        in_dims = (None, 0, 0, None if batch.weight is None else 0, 0)
         per_example = vmap(grad(one), in_dims=in_dims, chunk_size=self.chunk_size)(
-            selection.params, batch.x0, batch.labels, batch.weight
+            selection.params, batch.x0, batch.labels, batch.weight, dict(batch.condition)
         )
         return torch.cat(
             [per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1
         ).detach()
+
+
+@dataclass(frozen=True)
+class LoopEngine(EngineSettings):
+    """One plain forward and backward per example: slow, but works for any model, including those
+    ``torch.func.vmap`` cannot batch (e.g. attention with per-example masks it has no batching rule
+    for). The reference the other engines are tested against."""
+
+    def gradients(
+        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+    ) -> torch.Tensor:
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes summed."""
+        import torch
+        from torch.func import functional_call
+
+        module, frozen = selection.module, selection.frozen
+        leaves = [selection.params[name].detach().requires_grad_(True) for name in selection.names]
+        params = dict(zip(selection.names, leaves, strict=True))
+
+        def forward(*args, **kwargs):
+            with self.autocast():
+                return functional_call(module, (params, frozen), args, kwargs)
+
+        rows = []
+        for i in range(len(batch)):
+            loss = objective(forward, batch.rows(slice(i, i + 1))).sum()
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(grads, leaves, strict=True)
+                    ]
+                )
+            )
+        return torch.stack(rows).float().detach()
+
+
+class VmapWithFallback:
+    """The vmap engine, falling back to the loop engine (once, with a warning) when torch.func cannot
+    vmap the model: an operator without a batching rule, or data-dependent control flow."""
+
+    def __init__(self, vmap_engine: VmapEngine, loop_engine: LoopEngine) -> None:
+        self.vmap_engine, self.loop_engine = vmap_engine, loop_engine
+        self.use_loop = False
+
+    def gradients(
+        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+    ) -> torch.Tensor:
+        """As :meth:`VmapEngine.gradients`."""
+        if not self.use_loop:
+            try:
+                return self.vmap_engine.gradients(selection, objective, batch)
+            except RuntimeError as error:  # torch.func's "vmap: ... not supported" and the like
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                warnings.warn(
+                    f"gradient.engine=vmap cannot batch {type(selection.module).__name__} ({reason}); "
+                    "computing per-example gradients one clip at a time (engine=loop)",
+                    stacklevel=2,
+                )
+                self.use_loop = True
+        return self.loop_engine.gradients(selection, objective, batch)
 
 
 @dataclass(frozen=True)
@@ -243,14 +323,17 @@ class CheckedEngine:
 
 
 #: what :func:`make_engine` returns
-Engine = VmapEngine | BatchedEngine | CheckedEngine
+Engine = VmapEngine | BatchedEngine | CheckedEngine | LoopEngine | VmapWithFallback
 #: the names :func:`make_engine` knows
-ENGINE_NAMES = ("batched", "vmap")
+ENGINE_NAMES = ("batched", "vmap", "loop")
 
 
 def make_engine(name: str, settings: EngineSettings, position_cells: int = 1) -> Engine:
-    """The engine called ``name``: ``vmap``, or ``batched`` (checked against vmap on its first call)."""
+    """The engine called ``name``: ``loop``, ``vmap`` (the loop when vmap cannot batch the model), or
+    ``batched`` (checked against vmap on its first call)."""
     plain = dataclasses.asdict(settings)
+    if name == "loop":
+        return LoopEngine(**plain)
     if name == "vmap":
-        return VmapEngine(**plain)
+        return VmapWithFallback(VmapEngine(**plain), LoopEngine(**plain))
     return CheckedEngine(BatchedEngine(**plain, position_cells=position_cells), VmapEngine(**plain))

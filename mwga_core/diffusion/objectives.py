@@ -3,12 +3,15 @@
 The diffusion objective of a clip x0 with label y averages an output over fixed timesteps t_k, each with
 ONE noise draw eps_k shared by every clip, training and query alike (common randomness):
 
-    f(theta; x0, y) = 1/K sum_k out(eps_theta(x_k, t_k, y), eps_k, w),   x_k = add_noise(x0, t_k, eps_k)
+    f(theta; x0, y) = 1/K sum_k out(pred_theta(x_k, t_k, y, c), target(x0, eps_k, t_k), w),
+    x_k = add_noise(x0, t_k, eps_k)
 
+where c is the clip's conditioning (:meth:`ModelAdapter.condition`, e.g. its caption's embedding) and
+the target is what the model family regresses on (eps, v or flow velocity, :meth:`ModelAdapter.target`),
 with ``out`` one of
 
-* :class:`DiffusionLoss`: the model's eps-prediction MSE (:meth:`ModelAdapter.per_example_loss`),
-  weighted per pixel by w;
+* :class:`DiffusionLoss`: the model's training MSE (:meth:`ModelAdapter.per_example_loss`), weighted per
+  element of the loss grid by w;
 * :class:`DTrakOutput`: D-TRAK's mean squared norm of the prediction, of ``prediction * sqrt(w)``;
 
 and w None or MOTIVE's motion mask (:func:`motion_mask`).
@@ -34,24 +37,25 @@ MASK_EPS = 1e-6
 
 
 class OutputFunction(Protocol):
-    """One timestep's per-clip output. Shape: prediction, noise (n, C, T, H, W), weight None or
+    """One timestep's per-clip output. Shape: prediction, target (n, C, T, H, W), weight None or
     broadcastable to them -> (n,)."""
 
     def __call__(
-        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None
+        self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class DiffusionLoss:
-    """The model's training loss per clip: eps-prediction MSE weighted by ``weight`` (MOTIVE)."""
+    """The model's training loss per clip: the prediction's MSE to its target, weighted by ``weight``
+    (MOTIVE)."""
 
     adapter: ModelAdapter
 
     def __call__(
-        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None
+        self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor:
-        return self.adapter.per_example_loss(prediction, noise, weight)
+        return self.adapter.per_example_loss(prediction, target, weight)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class DTrakOutput:
     adapter: ModelAdapter
 
     def __call__(
-        self, prediction: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None
+        self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor:
         masked = prediction if weight is None else prediction.float() * weight.sqrt()
         return self.adapter.dtrak_output(masked)
@@ -79,7 +83,7 @@ class DiffusionObjective:
         adapter: noises the clips (:meth:`ModelAdapter.add_noise`).
         output: the per-timestep output.
         timesteps: K tensors of shape (1,) int64, the t_k.
-        noises: K tensors (C, T, H, W), the shared eps_k.
+        noises: K tensors (C, T, H, W) in model space, the shared eps_k.
         conditional: give the model the batch's labels (else None).
     """
 
@@ -101,21 +105,23 @@ class DiffusionObjective:
         for k in range(self.num_terms) if terms is None else terms:
             t_n, noise = self.timesteps[k].expand(batch.x0.shape[0]), self.noises[k]
             x_t = self.adapter.add_noise(batch.x0, t_n, noise[None])
-            prediction = forward(x_t, t_n, batch.labels if self.conditional else None)
-            total = total + self.output(prediction, noise[None], batch.weight)
+            prediction = forward(x_t, t_n, batch.labels if self.conditional else None, **batch.condition)
+            target = self.adapter.target(batch.x0, noise[None], t_n)
+            total = total + self.output(prediction, target, batch.weight)
         return total / self.num_terms
 
 
 def shared_noise(
-    clip_shape: tuple[int, int, int, int], timesteps: Sequence[int], ctx: RunContext
+    model_shape: tuple[int, int, int, int], timesteps: Sequence[int], ctx: RunContext
 ) -> list[torch.Tensor]:
     """One noise draw per timestep, seeded from the run seed, the same for every clip.
 
-    Shape: clip_shape (T, H, W, C) -> K tensors (C, T, H, W) float32 (on the CPU).
+    Shape: model_shape (C, T, H, W) of one clip in model space (:meth:`ModelAdapter.model_shape`) -> K
+    tensors (C, T, H, W) float32 (on the CPU).
     """
     import torch
 
-    t, h, w, c = clip_shape
+    c, t, h, w = model_shape
     return [
         torch.randn(
             (c, t, h, w), generator=torch.Generator().manual_seed(ctx.seed_for("diffusion-noise", k, ts))

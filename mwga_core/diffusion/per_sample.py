@@ -49,7 +49,7 @@ def per_sample_gradients(
 ) -> dict[str, torch.Tensor]:
     """Per-sample gradients of ``losses`` with respect to ``params``.
 
-    ``losses(forward)`` calls ``forward(*args)`` (the module with ``params`` and ``frozen`` swapped in,
+    ``losses(forward)`` calls ``forward(*args, **kwargs)`` (the module with ``params`` and ``frozen`` swapped in,
     under ``autocast()``) on a batch of ``batch`` independent samples and returns each sample's
     objective. With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
     output it comes from: the sum over output positions is taken per cell of an r x r grid over the
@@ -83,9 +83,9 @@ def per_sample_gradients(
 
         return hook
 
-    def forward(*args):
+    def forward(*args, **kwargs):
         with autocast():
-            return functional_call(module, (leaves, frozen), args)
+            return functional_call(module, (leaves, frozen), args, kwargs)
 
     handles = [
         module.get_submodule(path).register_forward_hook(capture(path), with_kwargs=True) for path in owners

@@ -19,6 +19,7 @@ from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter, ModelCannotTrainError
+from mwga_core.diffusion.model_inputs import encode_clips
 from mwga_core.storage.keys import clips_fingerprint, entry_key, module_source_hash, plain
 
 #: bump when the checkpoint layout or the meaning of the training loop changes
@@ -104,7 +105,8 @@ def train_denoiser(
     live = module.state_dict()
     floats = [name for name, value in live.items() if value.is_floating_point()]
     others = [name for name in live if name not in set(floats)]
-    data = adapter.encode(clips.frames).to(device)
+    data = encode_clips(adapter, clips.frames, ctx).to(device)
+    condition = {name: value.to(device) for name, value in (adapter.condition(clips) or {}).items()}
     labels = torch.as_tensor(clips.labels, dtype=torch.int64, device=device)
     conditional = adapter.config.conditional
     null_label = adapter.null_label(num_classes)
@@ -125,9 +127,10 @@ def train_denoiser(
             if null_label is not None:
                 dropped = (torch.rand(tc.batch_size, generator=generator) < tc.label_dropout).to(device)
                 batch_labels = torch.where(dropped, null_label, batch_labels)
+            batch_condition = {name: value[batch] for name, value in condition.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                prediction = module(x_t, t, batch_labels)
-            loss = adapter.training_loss(prediction, noise, t).mean()
+                prediction = module(x_t, t, batch_labels, **batch_condition)
+            loss = adapter.training_loss(prediction, adapter.target(data[batch], noise, t), t).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

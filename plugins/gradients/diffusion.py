@@ -51,7 +51,13 @@ from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
 from mwga_core.config.checks import at_least, one_of, satisfies
-from mwga_core.diffusion.contrasts import CONTRASTS, GradientFunction, LossRegions, make_contrast
+from mwga_core.diffusion.contrasts import (
+    CONTRASTS,
+    COUNTERPARTS,
+    GradientFunction,
+    LossRegions,
+    make_contrast,
+)
 from mwga_core.diffusion.engines import (
     ENGINE_NAMES,
     EngineSettings,
@@ -59,6 +65,7 @@ from mwga_core.diffusion.engines import (
     SelectedParameters,
     make_engine,
 )
+from mwga_core.diffusion.model_inputs import encode_clips, encode_counterparts
 from mwga_core.diffusion.objectives import OUTPUT_FUNCTIONS, DiffusionObjective, motion_mask, shared_noise
 
 if TYPE_CHECKING:
@@ -120,7 +127,8 @@ class DiffusionGradientConfig(GradientConfig):
     chunk_size: int = field(default=16, metadata=at_least(1))
     #: bfloat16 autocast in the gradient forward pass
     bf16: bool = False
-    #: per-clip gradient engine: batched (one batched forward/backward per chunk) or vmap (torch.func)
+    #: per-clip gradient engine: batched (one batched forward/backward per chunk), vmap (torch.func; falls
+    #: back to loop when it cannot batch the model) or loop (one clip at a time)
     engine: str = field(default="batched", metadata=one_of(*ENGINE_NAMES))
 
 
@@ -206,15 +214,23 @@ class DiffusionGradient(GradientSource):
             self.gradient_function(trained.module(step, device=ctx.device), objective, ctx)
             for step in self._steps(trained)
         ]
-        x0_all = trained.adapter.encode(clips.clips.frames)
+        adapter, frames = trained.adapter, clips.clips.frames
+        x0_all = encode_clips(adapter, frames, ctx)
+        counterparts_all = encode_counterparts(adapter, frames, COUNTERPARTS[self.config.contrast], ctx)
+        condition_all = adapter.condition(clips.clips) or {}
         labels_all = self._labels(clips, trained)
         weights = self.loss_weights(clips, trained)
         scale = self.clip_scales(clips)
         block = max(self.config.chunk_size * 4, 1)
         for start in range(0, len(clips), block):
             index = np.arange(start, min(start + block, len(clips)))
-            weight = None if weights is None else weights[index].to(ctx.device)
-            batch = ExampleBatch(x0_all[index].to(ctx.device), labels_all[index].to(ctx.device), weight)
+            batch = ExampleBatch(
+                x0_all[index].to(ctx.device),
+                labels_all[index].to(ctx.device),
+                None if weights is None else weights[index].to(ctx.device),
+                {name: value[index].to(ctx.device) for name, value in condition_all.items()},
+                {name: value[index].to(ctx.device) for name, value in counterparts_all.items()},
+            )
             grads = torch.stack([contrast(gradient, batch) for gradient in per_checkpoint])
             grads.mul_(torch.as_tensor(scale[index], dtype=grads.dtype, device=grads.device)[None, :, None])
             yield GradientChunk(indices=index, grads=grads.float())
@@ -228,7 +244,10 @@ class DiffusionGradient(GradientSource):
             adapter=adapter,
             output=OUTPUT_FUNCTIONS[c.output](adapter),
             timesteps=[torch.tensor([t], dtype=torch.int64, device=ctx.device) for t in c.timesteps],
-            noises=[noise.to(ctx.device) for noise in shared_noise(trained.clip_shape, c.timesteps, ctx)],
+            noises=[
+                noise.to(ctx.device)
+                for noise in shared_noise(adapter.model_shape(trained.clip_shape), c.timesteps, ctx)
+            ],
             conditional=adapter.config.conditional,
         )
 

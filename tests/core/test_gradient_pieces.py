@@ -23,8 +23,10 @@ from mwga_core.diffusion.engines import (
     CheckedEngine,
     EngineSettings,
     ExampleBatch,
+    LoopEngine,
     SelectedParameters,
     VmapEngine,
+    VmapWithFallback,
     make_engine,
 )
 from mwga_core.diffusion.objectives import (
@@ -37,6 +39,7 @@ from mwga_core.diffusion.objectives import (
 from mwga_core.testing import make_context
 
 SHAPE = (5, 16, 16, 1)  # (T, H, W, C)
+MODEL_SHAPE = (1, 5, 16, 16)  # (C, T, H, W)
 N = 5
 
 
@@ -69,7 +72,7 @@ def objective_of(adapter, output: str = "loss", timesteps=(10, 40, 70)) -> Diffu
         adapter=adapter,
         output={"loss": DiffusionLoss, "dtrak": DTrakOutput}[output](adapter),
         timesteps=[torch.tensor([t]) for t in timesteps],
-        noises=shared_noise(SHAPE, list(timesteps), ctx),
+        noises=shared_noise(MODEL_SHAPE, list(timesteps), ctx),
         conditional=True,
     )
 
@@ -114,12 +117,12 @@ def test_objective_is_the_mean_over_timesteps_of_the_formula(adapter, module, ba
 
 def test_shared_noise_is_seeded_per_timestep_and_the_same_for_every_call() -> None:
     a, b = (
-        shared_noise(SHAPE, [10, 40], make_context(seed=0)),
-        shared_noise(SHAPE, [10, 40], make_context(seed=0)),
+        shared_noise(MODEL_SHAPE, [10, 40], make_context(seed=0)),
+        shared_noise(MODEL_SHAPE, [10, 40], make_context(seed=0)),
     )
     assert a[0].shape == (1, 5, 16, 16) and not torch.equal(a[0], a[1])
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not torch.equal(a[0], shared_noise(SHAPE, [10, 40], make_context(seed=1))[0])
+    assert not torch.equal(a[0], shared_noise(MODEL_SHAPE, [10, 40], make_context(seed=1))[0])
 
 
 def test_motion_mask_is_min_max_normalised_per_clip() -> None:
@@ -180,7 +183,75 @@ def test_the_checked_engine_refuses_a_model_that_mixes_examples(adapter, batch) 
     assert isinstance(engine, CheckedEngine)
     with pytest.raises(ConfigValueError, match="gradient.engine.*vmap"):
         engine.gradients(selection, objective_of(adapter), batch)
-    assert isinstance(make_engine("vmap", EngineSettings()), VmapEngine)
+    assert isinstance(make_engine("vmap", EngineSettings()), VmapWithFallback)
+    assert isinstance(make_engine("loop", EngineSettings()), LoopEngine)
+
+
+def test_the_loop_engine_equals_a_naive_loop(adapter, module, batch) -> None:
+    names = [n for n, _ in module.named_parameters()][:6]
+    objective = objective_of(adapter)
+    selection = SelectedParameters.of(module, names)
+    loop = LoopEngine(chunk_size=2).gradients(selection, objective, batch)
+    naive = naive_gradients(module, names, objective, batch)
+    assert float(loop.abs().max()) > 0
+    torch.testing.assert_close(loop, naive, rtol=1e-5, atol=1e-8)
+
+
+class ConditionedDenoiser(torch.nn.Module):
+    """x -> linear(x) + the mean of a per-example embedding, which a caption would give: it takes the
+    embedding as a keyword input, as diffusers denoisers take encoder_hidden_states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Linear(16, 16)
+        self.text = torch.nn.Linear(4, 16)
+
+    def forward(self, x, t, labels=None, embedding=None):
+        return self.mix(x) * self.text(embedding).mean(1)[:, None, None, None, :]
+
+
+def test_every_engine_passes_the_per_example_condition(adapter, batch) -> None:
+    torch.manual_seed(0)
+    model = ConditionedDenoiser()
+    embedding = torch.randn((N, 3, 4), generator=torch.Generator().manual_seed(5))
+    conditioned = ExampleBatch(batch.x0, batch.labels, batch.weight, {"embedding": embedding})
+    objective = objective_of(adapter)
+    selection = SelectedParameters.of(model, ["mix.weight", "text.weight"])
+    loop = LoopEngine(chunk_size=2).gradients(selection, objective, conditioned)
+    vmapped = VmapEngine(chunk_size=2).gradients(selection, objective, conditioned)
+    batched = make_engine("batched", EngineSettings(chunk_size=2)).gradients(
+        selection, objective, conditioned
+    )
+    torch.testing.assert_close(vmapped, loop, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(batched, loop, rtol=1e-4, atol=1e-7)
+    # each example's gradient follows its own embedding: another embedding gives another gradient
+    swapped = ExampleBatch(batch.x0, batch.labels, batch.weight, {"embedding": embedding.flip(0)})
+    assert not torch.allclose(LoopEngine(chunk_size=2).gradients(selection, objective, swapped), loop)
+
+
+class DataDependent(torch.nn.Module):
+    """Control flow on a tensor's value, which torch.func.vmap cannot batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Linear(16, 16)
+
+    def forward(self, x, t, labels=None):
+        y = self.scale(x)
+        return y if float(y.sum()) > -1e9 else -y
+
+
+def test_vmap_falls_back_to_the_loop_with_a_warning(adapter, batch) -> None:
+    torch.manual_seed(0)
+    model = DataDependent()
+    selection = SelectedParameters.of(model, ["scale.weight"])
+    objective = objective_of(adapter)
+    with pytest.raises(RuntimeError):
+        VmapEngine().gradients(selection, objective, batch)
+    engine = make_engine("vmap", EngineSettings(chunk_size=2))
+    with pytest.warns(UserWarning, match="engine=vmap cannot batch DataDependent"):
+        fallback = engine.gradients(selection, objective, batch)
+    torch.testing.assert_close(fallback, LoopEngine().gradients(selection, objective, batch))
 
 
 # -- contrasts ----------------------------------------------------------------------------------------

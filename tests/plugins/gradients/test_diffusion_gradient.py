@@ -91,7 +91,7 @@ def test_gradients_equal_a_per_clip_loop(ctx: RunContext, fields, engine) -> Non
     fast = gradients(gradient, train, ctx)[0]
     c, adapter = gradient.config, gradient.trained.adapter
     module = gradient.trained.module()
-    noises = shared_noise(gradient.trained.clip_shape, c.timesteps, ctx)
+    noises = shared_noise(adapter.model_shape(gradient.trained.clip_shape), c.timesteps, ctx)
     weights = gradient.loss_weights(train, gradient.trained)
     scales = gradient.clip_scales(train)
     x0 = adapter.encode(train.clips.frames)
@@ -250,7 +250,8 @@ def test_noise_is_shared_by_every_clip_train_and_query(ctx: RunContext) -> None:
     subset_grads = gradients(gradient, train.subset(np.array([5, 2])), ctx)
     full = gradients(gradient, train, ctx)
     np.testing.assert_allclose(subset_grads[0], full[0, [5, 2]], rtol=1e-5, atol=1e-8)
-    noises = shared_noise(gradient.trained.clip_shape, gradient.config.timesteps, ctx)
+    model_shape = gradient.trained.adapter.model_shape(gradient.trained.clip_shape)
+    noises = shared_noise(model_shape, gradient.config.timesteps, ctx)
     assert len(noises) == 1 and noises[0].shape == (1, 5, 16, 16)
 
 
