@@ -67,3 +67,16 @@ def test_counterfactual_refuses_a_bad_setting_before_any_work(tmp_path: Path) ->
     done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.timesteps=[5000]")
     assert done.returncode == 2 and "counterfactual.timesteps" in done.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.json"))
+
+
+def test_worker_processes_train_every_model_the_protocols_then_read(tmp_path: Path) -> None:
+    done = counterfactual(tmp_path / "par", tmp_path, "counterfactual.workers=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((tmp_path / "par" / "counterfactual.json").read_text())
+    models = document["models"]
+    # the pool trained each distinct model once; the protocols trained nothing and read them all
+    assert models["parallel"]["trained"] >= 4 and models["parallel"]["cached"] == 0
+    assert models["trained"] == 0 and models["cached"] == models["parallel"]["trained"]
+    assert set(document["lds"]) == {"ours_simulated", "random"}
+    stored = [entry for entry in (tmp_path / "cache" / "models").iterdir() if entry.is_dir()]
+    assert len(stored) == models["parallel"]["trained"]

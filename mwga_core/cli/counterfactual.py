@@ -11,6 +11,9 @@ reuse them) and measures:
 * **retrain without the top-k** (:mod:`mwga_core.counterfactual.retrain`): the change of a query's output
   when its top-k clips by a method are removed, against k random clips and k random clips of its class.
 
+With ``counterfactual.workers`` > 1 every model both protocols need is first trained by that many worker
+processes (:mod:`mwga_core.counterfactual.parallel`); the protocols then read them from the store.
+
 Writes ``counterfactual.json``, ``lds.csv``, ``retrain.csv`` and ``table.md`` into the output folder
 (default ``outputs/counterfactual/<date>/<time>``) and prints the tables.
 """
@@ -33,8 +36,15 @@ from mwga_core.config.compose import compose
 from mwga_core.config.schema import CounterfactualConfig, MwgaConfig, as_container, cache_path
 from mwga_core.counterfactual.lds import lds_per_query, lds_summary
 from mwga_core.counterfactual.outputs import OUTPUT_NAMES
+from mwga_core.counterfactual.parallel import pretrain_in_parallel
 from mwga_core.counterfactual.report import print_counterfactual, write_counterfactual_outputs
-from mwga_core.counterfactual.retrain import Retrainer, retrain_summary, retrain_without_top_k, subset_outputs
+from mwga_core.counterfactual.retrain import (
+    Retrainer,
+    models_needed,
+    retrain_summary,
+    retrain_without_top_k,
+    subset_outputs,
+)
 from mwga_core.counterfactual.subsets import draw_subsets, subset_masks
 from mwga_core.plugin_host.host import PluginHost, get_host
 from mwga_core.reporting.run_outputs import table_console
@@ -117,6 +127,11 @@ def counterfactual_command(args: list[str]) -> int:
     retrainer = Retrainer(adapter, train, queries, data_classes(train), list(cf.timesteps), ctx)
 
     subsets = draw_subsets(len(train), cf.subsets, cf.fraction, ctx.rng("counterfactual-subsets"))
+    count = len(queries) if cf.retrain_queries == 0 else min(cf.retrain_queries, len(queries))
+    parallel = None
+    if cf.workers > 1:
+        needed = models_needed(retrainer, scores, subsets, list(cf.k), list(range(count)))
+        parallel = pretrain_in_parallel(adapter, train, needed, retrainer.num_classes, ctx, cf.workers)
     outputs = subset_outputs(retrainer, subsets)  # name -> (S, Q)
     masks = subset_masks(subsets, len(train))
     lds = {
@@ -132,7 +147,6 @@ def counterfactual_command(args: list[str]) -> int:
         for method, method_scores_ in scores.items()
     }
     full, _ = retrainer.outputs(np.arange(len(train)))
-    count = len(queries) if cf.retrain_queries == 0 else min(cf.retrain_queries, len(queries))
     rows = retrain_without_top_k(retrainer, scores, full, list(cf.k), list(range(count))) if cf.k else []
     document = {
         "settings": as_container(cf),
@@ -150,6 +164,7 @@ def counterfactual_command(args: list[str]) -> int:
             "cached": retrainer.cached,
             "reused": retrainer.reused,
             "seconds": round(retrainer.seconds, 3),
+            "parallel": parallel,
         },
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -43,7 +43,16 @@ class CacheConfig:
 
 
 #: the methods ``mwga counterfactual`` scores by default (method presets, conf/method/)
-COUNTERFACTUAL_METHODS = ("ours", "motive", "ours_simulated", "descriptor_knn", "flow_magnitude", "random")
+COUNTERFACTUAL_METHODS = (
+    "ours",
+    "motive",
+    "trak",
+    "dtrak",
+    "ours_simulated",
+    "descriptor_knn",
+    "flow_magnitude",
+    "random",
+)
 
 
 @dataclass
@@ -68,6 +77,8 @@ class CounterfactualConfig:
     methods: list[str] = field(default_factory=lambda: list(COUNTERFACTUAL_METHODS))
     #: the model option (config group model) retrained and attributed, for every method
     model: str = "video_denoiser_unconditional"
+    #: worker processes that train the subset models in parallel (1 = one after another in this process)
+    workers: int = field(default=1, metadata=at_least(1))
 
 
 @dataclass

@@ -110,6 +110,24 @@ def removal_sets(
     return sets
 
 
+def models_needed(
+    retrainer: Retrainer,
+    scores: dict[str, np.ndarray],
+    subsets: np.ndarray,
+    ks: Sequence[int],
+    query_indices: Sequence[int],
+) -> list[np.ndarray]:
+    """The clip indices of every model both protocols train: the LDS ``subsets`` (S, m), the full
+    model, and each query's removals for each k (as :func:`retrain_without_top_k` draws them)."""
+    train, queries = retrainer.train, retrainer.queries
+    keeps = [*subsets, np.arange(len(train))]
+    for q in query_indices:
+        for k in ks:
+            sets = removal_sets(scores, q, int(queries.labels[q]), train.labels, k, retrainer.ctx)
+            keeps.extend(keep_without(len(train), removed) for removed in sets.values())
+    return keeps
+
+
 def retrain_without_top_k(
     retrainer: Retrainer,
     scores: dict[str, np.ndarray],
