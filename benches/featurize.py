@@ -4,12 +4,14 @@ Both sides differentiate the same default ``video_denoiser`` (seeded initial wei
 depend on training) on the same clips of the default corpus, with the same objective (eps-prediction
 loss, one shared noise draw per timestep; ``--timesteps``, default one; ``--params``, default all) and
 project to P dims with a Gaussian map (mwga: ``--projector``, default ``gaussian``; ``sparse_jl`` is the
-projector ``method=ours`` uses).
+projector ``method=ours`` uses; ``kronecker`` projects each Linear / Conv weight gradient from its two
+factors, k_out x k_in per layer (``--k-out``, ``--k-in``), without forming it, then sparse JL to P).
 
 mwga: the ``diffusion`` gradient source (``--engine`` = ``gradient.engine``: ``batched``, the default,
 one batched forward/backward per chunk; ``vmap``, torch.func) with ``chunk_size = --batch``, run as the
 pipeline runs it: ``iter_gradients`` yields blocks of 4 chunks and each block is projected by one
-``gaussian`` projector call, which streams its matrix from seeds once per call. traker: TRAK's
+``gaussian`` projector call, which streams its matrix from seeds once per call (with ``kronecker``,
+``iter_reduced_gradients`` yields the reduced blocks, as the local executor asks for them). traker: TRAK's
 ``FunctionalGradientComputer`` (vmap over grad) on ``--batch`` clips at a time + ``BasicProjector``
 (normal; its whole P x D matrix is generated once, before the clock starts, and kept in memory). With
 ``--params temporal`` traker still differentiates every parameter (``grad_wrt`` drops the others
@@ -17,8 +19,10 @@ afterwards); mwga differentiates only the selected ones. Each side runs in its o
 peak resident memory (ru_maxrss) is its own.
 
 Usage: ``python benches/featurize.py [--clips 128] [--batch 32] [--proj-dim 128] [--device cpu]
-[--engine batched|vmap] [--projector gaussian|sparse_jl] [--params all|temporal] [--timesteps 500 ...] [--bf16] [--repeats 1]``. Prints
-one JSON object: the settings; per side the best run's ``clips_per_s``, ``seconds``, ``grad_dim``, the
+[--engine batched|vmap] [--projector gaussian|sparse_jl|kronecker] [--k-out 16] [--k-in 16]
+[--params all|temporal] [--timesteps 500 ...] [--bf16] [--repeats 1]``. Prints
+one JSON object: the settings; per side the best run's ``clips_per_s``, ``seconds``, ``grad_dim``
+(mwga with ``kronecker``: also ``reduced_dim``, the width the final sparse JL sees), the
 largest ``peak_rss_mib`` and, with ``--repeats`` > 1, every run's ``clips_per_s_runs`` (the sides run
 alternately, so that a change of machine load hits both); mwga also ``engine`` and
 ``clips_per_projection``; and ``speedup`` (best mwga / best traker clips per second). traker is optional
@@ -59,6 +63,7 @@ def run_mwga(args) -> dict:
     from mwga_plugins.gradients.diffusion import DiffusionGradient, DiffusionGradientConfig
 
     from mwga_core.api.clips import AnalysedClips
+    from mwga_core.api.projectors import factorizes
     from mwga_core.storage.model_store import model_from_module
 
     host, ctx, corpus, adapter, module, clip_shape = _setup(args)
@@ -75,30 +80,43 @@ def run_mwga(args) -> dict:
     )
     # the seeded weights, no training
     source.bind_model(model_from_module(adapter, module, clip_shape, len(corpus.class_names)))
-    projector = host.build("projection", {"name": args.projector, "dim": args.proj_dim})
+    options = {"name": args.projector, "dim": args.proj_dim}
+    if args.projector == "kronecker":
+        options.update(k_out=args.k_out, k_in=args.k_in)
+    projector = host.build("projection", options)
     clips = AnalysedClips(clips=corpus.train.subset(np.arange(args.clips)))
 
     chosen = set(source.selected_parameter_names(module))
+    widths = []
 
     def featurize(analysed: AnalysedClips) -> list[int]:
-        """The pipeline's loop (mwga_core.pipeline.run): project every gradient chunk the source yields."""
+        """The local executor's loop (mwga_core.pipeline.featurize): project every chunk the source yields
+        (reduced by the layer factors when the projector is factorized)."""
+        if factorizes(source, projector):
+            chunks = source.iter_reduced_gradients(analysed, ctx, projector)
+        else:
+            chunks = source.iter_gradients(analysed, ctx)
         sizes = []
-        for chunk in source.iter_gradients(analysed, ctx):
+        for chunk in chunks:
             projector.project(chunk.grads[0], ctx)
             sizes.append(len(chunk.indices))
+            widths.append(int(chunk.grads.shape[-1]))
         return sizes
 
     featurize(clips.subset(np.arange(args.batch)))  # warm-up
     start = time.perf_counter()
     sizes = featurize(clips)
     seconds = time.perf_counter() - start
-    return {
+    result = {
         "engine": args.engine,
         "clips_per_s": round(args.clips / seconds, 2),
         "seconds": round(seconds, 3),
         "grad_dim": sum(p.numel() for n, p in module.named_parameters() if n in chosen),
         "clips_per_projection": max(sizes),
     }
+    if factorizes(source, projector):
+        result["reduced_dim"] = widths[-1]
+    return result
 
 
 def run_traker(args) -> dict:
@@ -165,8 +183,10 @@ def main() -> None:
     parser.add_argument(
         "--projector",
         default="gaussian",
-        help="mwga side: projection (gaussian, like traker's; sparse_jl, method=ours' projector)",
+        help="mwga side: projection (gaussian, like traker's; sparse_jl, method=ours' projector; kronecker)",
     )
+    parser.add_argument("--k-out", type=int, default=16, help="mwga side, kronecker: projection.k_out")
+    parser.add_argument("--k-in", type=int, default=16, help="mwga side, kronecker: projection.k_in")
     parser.add_argument("--params", default="all", choices=["all", "temporal"], help="gradient.params")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[500], help="gradient.timesteps")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; best is reported")
@@ -182,6 +202,8 @@ def main() -> None:
     report["mwga_bf16"] = args.bf16
     report["mwga_engine"] = args.engine
     report["mwga_projector"] = args.projector
+    if args.projector == "kronecker":
+        report["mwga_k_out"], report["mwga_k_in"] = args.k_out, args.k_in
     report["repeats"] = args.repeats
     runs: dict[str, list[dict]] = {"mwga": [], "traker": []}
     for _ in range(args.repeats):  # alternate the sides, so that a change in machine load hits both

@@ -69,6 +69,14 @@ def test_counterfactual_refuses_a_bad_setting_before_any_work(tmp_path: Path) ->
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.json"))
 
 
+def test_a_method_entry_may_carry_its_own_overrides(tmp_path: Path) -> None:
+    methods = 'counterfactual.methods=[random,"ours_simulated projection.dim=16"]'
+    done = counterfactual(tmp_path / "own", tmp_path, methods, "counterfactual.k=[]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((tmp_path / "own" / "counterfactual.json").read_text())
+    assert set(document["lds"]) == {"random", "ours_simulated projection.dim=16"}
+
+
 def test_worker_processes_train_every_model_the_protocols_then_read(tmp_path: Path) -> None:
     done = counterfactual(tmp_path / "par", tmp_path, "counterfactual.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]

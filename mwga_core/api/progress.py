@@ -16,18 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING
 
 from mwga_core.api.errors import ConfigValueError
+
+if TYPE_CHECKING:  # rich.progress is imported when bars are drawn: `mwga --help` never pays for it
+    from rich.console import Console
+    from rich.progress import Progress
 
 INTERVAL_ENV = "MWGA_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
@@ -170,6 +165,15 @@ def make_progress(
             raise
         handle.close(completed=True)
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         if total is not None

@@ -5,6 +5,8 @@ Built-in implementations (``plugins/projectors``):
     rademacher: dense +-1/sqrt(P) JL matrix, generated block by block.
     sparse_jl: Kane-Nelson sparse JL (CountSketch for sparsity 1), hashed block by block.
     fastfood: Fastfood transform (Hadamard, Rademacher and Gaussian diagonals, permutation), O(D log D).
+    kronecker: P_out (x) P_in on each linear / convolution layer's weight gradient, then sparse JL
+        (a :class:`FactorizedProjector`).
     none: no projection (P = D).
 
 A projector is a pure function of (seed, D, P): training and query gradients projected in different
@@ -17,9 +19,9 @@ and CUDA runs use the same map.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mwga_core.api.context import RunContext
 from mwga_core.config.checks import check_fields
@@ -27,6 +29,9 @@ from mwga_core.plugin_host.registry import ComponentConfig
 
 if TYPE_CHECKING:
     import torch
+
+    from mwga_core.api.clips import AnalysedClips
+    from mwga_core.api.gradients import GradientChunk
 
 
 @dataclass
@@ -85,3 +90,59 @@ def project_by_row_blocks(
         matrix = make_block(block, rows).to(device=grads.device, dtype=accumulate)
         out += grads[:, start : start + rows].to(accumulate) @ matrix
     return (out * scale).to(torch.float32)
+
+
+# -- factorized projection ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerFactors:
+    """One layer's Kronecker projection P_out (x) P_in: it maps the layer's weight gradient G (d_out, d_in)
+    to P_out G P_in^T (k_out, k_in), i.e. ``kron(P_out, P_in) @ G.flatten()``.
+
+    Shape:
+        out: (k_out, d_out) float32.
+        inp: (k_in, d_in) float32.
+    """
+
+    out: torch.Tensor
+    inp: torch.Tensor
+
+    def to(self, device: str | torch.device) -> LayerFactors:
+        """Both factors on ``device``."""
+        return LayerFactors(self.out.to(device), self.inp.to(device))
+
+
+class FactorizedProjector(Projector):
+    """A projector whose map begins with a Kronecker projection of each layer's weight gradient.
+
+    Its map is ``project(reduce(g))``. ``reduce`` replaces the weight gradient G (d_out, d_in) of every
+    layer with a factor form, ``G = sum_s g_s u_s^T`` over the layer's positions s (a linear layer: u_s
+    its input; a convolution: the input window, flattened as the weight's (C_in, *kernel)), by
+    ``P_out G P_in^T`` (:meth:`layer_factors`), and keeps every other column as it is. A gradient source
+    that knows its layers (a :class:`FactorizingSource`) applies ``reduce`` itself from the two factors,
+    ``sum_s (P_out g_s) (P_in u_s)^T``, without ever forming G; for any other source ``reduce`` is the
+    identity. :meth:`project` maps what the source yields, as any projector does.
+    """
+
+    @abstractmethod
+    def layer_factors(self, parameter: str, d_out: int, d_in: int, ctx: RunContext) -> LayerFactors:
+        """The factors for the weight ``parameter`` (its name in the model), a function of
+        (ctx.seed, parameter, d_out, d_in) only, so every call, process and run sees the same map."""
+
+
+@runtime_checkable
+class FactorizingSource(Protocol):
+    """A gradient source that can apply a :class:`FactorizedProjector`'s layer factors itself."""
+
+    def iter_reduced_gradients(
+        self, clips: AnalysedClips, ctx: RunContext, projector: FactorizedProjector
+    ) -> Iterator[GradientChunk]:
+        """As ``iter_gradients``, each factorizable weight's columns replaced by ``P_out G P_in^T``
+        (flattened, ``k_out * k_in`` columns) and every other column as ``iter_gradients`` yields it."""
+        ...
+
+
+def factorizes(source: object, projector: Projector) -> bool:
+    """Whether ``source`` applies ``projector``'s layer factors itself (``iter_reduced_gradients``)."""
+    return isinstance(projector, FactorizedProjector) and isinstance(source, FactorizingSource)

@@ -1,4 +1,5 @@
-"""``mwga attribute <index-dir> <query...> [--top-k 20] [--out DIR] [--percentile P] [--votes-k K]``.
+"""``mwga attribute <index-dir> <query...> [--top-k 20] [--out DIR] [--percentile P] [--votes-k K]
+[--caption TEXT]``.
 
 Ranks the clips of an index (made by ``mwga index``) for one or several query videos with
 :mod:`mwga_core.retrieval.attribute`, prints a table per query, writes attribution.json/.csv, the
@@ -33,6 +34,7 @@ from mwga_core.retrieval.attribute import (
     query_sheet_row,
     safe_name,
     sheet_rows,
+    stored_scoring,
     write_all_or_none,
 )
 from mwga_core.storage.index_store import IndexData, load_index
@@ -58,6 +60,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sheet-rows", type=int, default=8, help="top clips drawn per contact sheet (8; 0 = none)"
+    )
+    parser.add_argument(
+        "--caption",
+        default=None,
+        help="the queries' text prompt, for a text-conditioned model (model=diffusers: sets model.prompt)",
     )
     return parser
 
@@ -132,6 +139,12 @@ def attribute_command(args: list[str]) -> int:
     index = load_index(options.index_dir)
     host = get_host()
     cfg = from_container(index.manifest["config"], host=host)
+    if options.caption is not None:
+        if not hasattr(cfg.model, "prompt"):
+            raise ConfigValueError(
+                "--caption", options.caption, "none: the index's model takes no text prompt"
+            )
+        cfg.model.prompt = options.caption  # only the queries are featurized: the caption is theirs
     out = options.out or Path("outputs/attribute") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
     ctx = RunContext(
         seed=cfg.seed,
@@ -153,6 +166,7 @@ def attribute_command(args: list[str]) -> int:
         cut.top_k,
         options.percentile,
         cut.votes_k,
+        stored_scoring(index, components.scorer, ctx, host),
     )
     # every output is made in memory first, then written all together: all files or none
     files = output_files(

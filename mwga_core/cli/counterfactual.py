@@ -69,8 +69,12 @@ def check_settings(cf: CounterfactualConfig, diffusion_steps: int) -> None:
         check_fields(cf)
     except ConfigValueError as error:
         raise error.under("counterfactual") from None
-    if not cf.methods:
-        raise ConfigValueError("counterfactual.methods", [], "at least one method preset")
+    if not cf.methods or any(not method.split() for method in cf.methods):
+        raise ConfigValueError(
+            "counterfactual.methods", list(cf.methods), "method presets, each optionally followed by overrides"
+        )
+    if len(set(cf.methods)) != len(cf.methods):
+        raise ConfigValueError("counterfactual.methods", list(cf.methods), "distinct entries")
     if not cf.timesteps or any(not 0 <= t < diffusion_steps for t in cf.timesteps):
         raise ConfigValueError(
             "counterfactual.timesteps", list(cf.timesteps), f"steps in [0, {diffusion_steps})"
@@ -82,12 +86,17 @@ def check_settings(cf: CounterfactualConfig, diffusion_steps: int) -> None:
 def method_scores(
     overrides: list[str], cf: CounterfactualConfig, host: PluginHost, ctx: RunContext
 ) -> tuple[dict[str, np.ndarray], MwgaConfig, object]:
-    """Each method's (Q, N) scores from the ordinary pipeline; the last method's config and corpus."""
+    """Each method's (Q, N) scores from the ordinary pipeline; the last method's config and corpus.
+
+    A method is a preset name, optionally followed by overrides of its own (``"ours gradient.regions=1"``),
+    which apply after the command line's, to that method only; its results are keyed by the whole entry.
+    """
     from mwga_core.pipeline.run import run_attribution
 
     scores, corpus, cfg = {}, None, None
     for method in cf.methods:
-        cfg = compose([*overrides, f"method={method}", f"model={cf.model}"], host=host)
+        preset, *own = method.split()
+        cfg = compose([*overrides, f"method={preset}", f"model={cf.model}", *own], host=host)
         result = run_attribution(cfg, ctx, host)
         if corpus is not None and result.corpus.train.ids != corpus.train.ids:
             raise ConfigValueError(

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
@@ -33,9 +34,9 @@ from mwga_core.config.compose import (
 )
 from mwga_core.config.schema import MwgaConfig, cache_path, register_configs
 from mwga_core.plugin_host.host import get_host
-from mwga_core.reporting.results import forget_job_failure, write_job_failure
-from mwga_core.reporting.run_outputs import table_console
-from mwga_core.reporting.sweep import ENDED_SWEEPS, EndedSweep
+
+if TYPE_CHECKING:  # the reporting modules are imported where they are used: `mwga --help` needs none
+    from mwga_core.reporting.sweep import EndedSweep
 
 #: Hydra's switch that makes it raise a composition error instead of printing it over several lines
 HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -49,7 +50,13 @@ def run_job(cfg: MwgaConfig, output_dir: Path) -> dict:
     from mwga_core.api.context import RunContext
     from mwga_core.api.progress import progress_wanted
     from mwga_core.pipeline.run import run_attribution
-    from mwga_core.reporting.run_outputs import metric_rows, pretty_metric, rich_table, write_run_outputs
+    from mwga_core.reporting.run_outputs import (
+        metric_rows,
+        pretty_metric,
+        rich_table,
+        table_console,
+        write_run_outputs,
+    )
 
     ctx = RunContext(
         seed=cfg.seed,
@@ -85,6 +92,8 @@ def task(cfg: DictConfig) -> dict | None:
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from mwga_core.reporting.results import forget_job_failure, write_job_failure
 
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
@@ -126,6 +135,45 @@ def composition_errors_in_one_line() -> Iterator[None]:
             os.environ[HYDRA_FULL_ERROR] = previous
 
 
+#: Hydra's flags that print a help page listing every config group and its options
+HELP_FLAGS = ("--help", "-h", "--hydra-help")
+
+
+@contextmanager
+def group_listing_from_one_repository_copy() -> Iterator[None]:
+    """Let Hydra's help pages list the config groups from one copy of the config repository.
+
+    Hydra answers each of the ~100 "options of group X" queries of a help page with a fresh deep copy of
+    the whole config repository, mwga's many structured configs included: seconds of copying. The queries
+    of one help page all have the same inputs (no config name, no overrides), so one copy per input
+    serves them all; the page is unchanged. Hydra 1.3's ``ConfigLoaderImpl.get_group_options`` is
+    replaced only while the help is printed.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    original = ConfigLoaderImpl.get_group_options
+    copies: dict[tuple, Any] = {}
+
+    def get_group_options(
+        self: ConfigLoaderImpl,
+        group_name: str,
+        results_filter: ObjectType | None = ObjectType.CONFIG,
+        config_name: str | None = None,
+        overrides: list[str] | None = None,
+    ) -> list[str]:
+        key = (id(self), config_name, tuple(overrides or ()))
+        if key not in copies:
+            copies[key] = self._parse_overrides_and_create_caching_repo(config_name, list(overrides or ()))[1]
+        return copies[key].get_group_options(group_name, results_filter)
+
+    ConfigLoaderImpl.get_group_options = get_group_options
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl.get_group_options = original
+
+
 def run_command(args: list[str]) -> int:
     """``mwga [overrides]``: Hydra's command line (``-m``, ``--cfg job``, ``--help``, ...) over conf/.
 
@@ -135,6 +183,13 @@ def run_command(args: list[str]) -> int:
     register_configs(host)
     warn_plugin_problems(host)
     sys.argv = [sys.argv[0], *args]
+    helping = any(flag in args for flag in HELP_FLAGS)
+    if helping:  # a help page runs no job and ends no sweep
+        with composition_errors_in_one_line(), group_listing_from_one_repository_copy():
+            hydra_app()
+        return 0
+    from mwga_core.reporting.sweep import ENDED_SWEEPS
+
     ended_before = len(ENDED_SWEEPS)
     with composition_errors_in_one_line():
         hydra_app()

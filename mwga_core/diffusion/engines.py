@@ -17,6 +17,12 @@ An engine differentiates a per-example :class:`Objective` (what is differentiate
 
 An objective is a mean of ``num_terms`` terms (e.g. diffusion timesteps): the batched engine
 differentiates one term at a time, so only one term's activations are alive at once.
+
+Every engine takes optional layer ``factors`` (parameter name -> :class:`~mwga_core.api.projectors.
+LayerFactors`, for weights :func:`~mwga_core.diffusion.per_sample.factor_shape` accepts): those weights'
+columns then hold P_out G P_in^T (k_out * k_in columns) instead of G. The batched engine computes it from
+the projected factors without forming G; the others form G and project it
+(:func:`project_factored_columns`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from mwga_core.api.errors import ConfigValueError
 
 if TYPE_CHECKING:
     import torch
+
+    from mwga_core.api.projectors import LayerFactors
+
+#: parameter name -> its layer's Kronecker factors (see the module docstring)
+Factors = Mapping[str, "LayerFactors"]
 
 #: the module with the selected parameters swapped in: forward(x_t, t, labels) -> prediction
 Forward = Callable[..., "torch.Tensor"]
@@ -110,9 +121,40 @@ class SelectedParameters:
         frozen.update(dict(module.named_buffers()))
         return cls(module, list(names), params, frozen)
 
-    def sizes(self, cells: int = 1) -> list[int]:
-        """Gradient columns per selected parameter (times ``cells`` position cells)."""
-        return [self.params[name].numel() * cells for name in self.names]
+    def sizes(self, cells: int = 1, factors: Factors | None = None) -> list[int]:
+        """Gradient columns per selected parameter (times ``cells`` position cells); k_out * k_in for a
+        parameter in ``factors``."""
+        factors = factors or {}
+        return [
+            cells
+            * (
+                factors[name].out.shape[0] * factors[name].inp.shape[0]
+                if name in factors
+                else self.params[name].numel()
+            )
+            for name in self.names
+        ]
+
+
+def project_factored_columns(
+    grads: torch.Tensor, selection: SelectedParameters, factors: Factors | None
+) -> torch.Tensor:
+    """Materialised gradients with each parameter in ``factors`` projected, P_out G P_in^T.
+
+    Shape: grads (n, D) -> (n, D') with D' = ``selection.sizes(1, factors)`` summed.
+    """
+    import torch
+
+    from mwga_core.diffusion.per_sample import project_weight_gradient
+
+    if not factors:
+        return grads
+    parts = []
+    for name, part in zip(selection.names, grads.split(selection.sizes(), dim=1), strict=True):
+        if name in factors:
+            part = project_weight_gradient(part, factors[name]).reshape(len(grads), -1)
+        parts.append(part)
+    return torch.cat(parts, dim=1)
 
 
 @dataclass(frozen=True)
@@ -140,9 +182,13 @@ class VmapEngine(EngineSettings):
     """``torch.func.vmap(grad(objective))`` per example, ``chunk_size`` examples at a time."""
 
     def gradients(
-        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+        self,
+        selection: SelectedParameters,
+        objective: Objective,
+        batch: ExampleBatch,
+        factors: Factors | None = None,
     ) -> torch.Tensor:
-        """Shape: returns (n, D) float32, D = the selected parameters' sizes summed."""
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed."""
         import torch
         from torch.func import functional_call, grad, vmap
 
@@ -162,9 +208,8 @@ class VmapEngine(EngineSettings):
         per_example = vmap(grad(one), in_dims=in_dims, chunk_size=self.chunk_size)(
             selection.params, batch.x0, batch.labels, batch.weight, dict(batch.condition)
         )
-        return torch.cat(
-            [per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1
-        ).detach()
+        grads = torch.cat([per_example[name].reshape(len(batch), -1) for name in selection.names], dim=1)
+        return project_factored_columns(grads.detach(), selection, factors)
 
 
 @dataclass(frozen=True)
@@ -174,9 +219,13 @@ class LoopEngine(EngineSettings):
     for). The reference the other engines are tested against."""
 
     def gradients(
-        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+        self,
+        selection: SelectedParameters,
+        objective: Objective,
+        batch: ExampleBatch,
+        factors: Factors | None = None,
     ) -> torch.Tensor:
-        """Shape: returns (n, D) float32, D = the selected parameters' sizes summed."""
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed."""
         import torch
         from torch.func import functional_call
 
@@ -200,7 +249,7 @@ class LoopEngine(EngineSettings):
                     ]
                 )
             )
-        return torch.stack(rows).float().detach()
+        return project_factored_columns(torch.stack(rows).float().detach(), selection, factors)
 
 
 class VmapWithFallback:
@@ -212,12 +261,16 @@ class VmapWithFallback:
         self.use_loop = False
 
     def gradients(
-        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+        self,
+        selection: SelectedParameters,
+        objective: Objective,
+        batch: ExampleBatch,
+        factors: Factors | None = None,
     ) -> torch.Tensor:
         """As :meth:`VmapEngine.gradients`."""
         if not self.use_loop:
             try:
-                return self.vmap_engine.gradients(selection, objective, batch)
+                return self.vmap_engine.gradients(selection, objective, batch, factors)
             except RuntimeError as error:  # torch.func's "vmap: ... not supported" and the like
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 warnings.warn(
@@ -226,7 +279,7 @@ class VmapWithFallback:
                     stacklevel=2,
                 )
                 self.use_loop = True
-        return self.loop_engine.gradients(selection, objective, batch)
+        return self.loop_engine.gradients(selection, objective, batch, factors)
 
 
 @dataclass(frozen=True)
@@ -242,14 +295,19 @@ class BatchedEngine(EngineSettings):
     position_cells: int = 1
 
     def gradients(
-        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+        self,
+        selection: SelectedParameters,
+        objective: Objective,
+        batch: ExampleBatch,
+        factors: Factors | None = None,
     ) -> torch.Tensor:
-        """Shape: returns (n, D) float32, D = the selected parameters' sizes (times r^2) summed."""
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``; times
+        r^2) summed."""
         import torch
 
         from mwga_core.diffusion.per_sample import per_sample_gradients
 
-        sizes = selection.sizes(self.position_cells**2)
+        sizes = selection.sizes(self.position_cells**2, factors)
         out = torch.zeros((len(batch), sum(sizes)), dtype=torch.float32, device=batch.x0.device)
         for first in range(0, len(batch), self.chunk_size):
             rows = slice(first, first + self.chunk_size)
@@ -267,6 +325,7 @@ class BatchedEngine(EngineSettings):
                     len(chunk),
                     self.autocast,
                     self.position_cells,
+                    factors,
                 )
                 # each chunk's gradients go straight into their rows of the (n, D) result
                 for name, column in zip(selection.names, out[rows].split(sizes, dim=1), strict=True):
@@ -293,13 +352,17 @@ class CheckedEngine:
         self.checked = False
 
     def gradients(
-        self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch
+        self,
+        selection: SelectedParameters,
+        objective: Objective,
+        batch: ExampleBatch,
+        factors: Factors | None = None,
     ) -> torch.Tensor:
-        """As :meth:`BatchedEngine.gradients`."""
+        """As :meth:`BatchedEngine.gradients` (the check compares the unprojected gradients)."""
         if not self.checked:
             self._check(selection, objective, batch)
             self.checked = True
-        return self.fast.gradients(selection, objective, batch)
+        return self.fast.gradients(selection, objective, batch, factors)
 
     def _check(self, selection: SelectedParameters, objective: Objective, batch: ExampleBatch) -> None:
         import torch

@@ -19,6 +19,13 @@ selected parameters, and a closed-form per-sample weight gradient per layer give
 Only the outputs of layers owning selected parameters are differentiated, so nothing below the first
 selected layer is back-propagated and frozen weights get no gradient.
 
+Factorized projection (``factors``): the Linear and Conv weight gradients above are sums over positions
+of an outer product, ``dW_i = sum_s g_i[s] u_i[s]^T`` (u: the input, or a Conv's input window). Given a
+layer's :class:`~mwga_core.api.projectors.LayerFactors` (P_out, P_in), its weight gets
+``P_out dW_i P_in^T = sum_s (P_out g_i[s]) (P_in u_i[s])^T`` instead, (k_out, k_in) per sample, from the
+two projected factors (for a Conv, ``P_in u`` is one convolution of the input with P_in as its kernel):
+dW_i itself is never formed (:func:`factor_shape` says which weights qualify).
+
 Requirements: samples are independent; every module owning a selected parameter takes its rows on dim 0
 of its tensor arguments (no tensor keyword arguments) and returns one tensor with rows on dim 0; rows are
 either the samples or a sample-major flattening of them (``(n * m, ...)`` from a ``(n, m, ...)``
@@ -28,12 +35,14 @@ anything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from mwga_core.api.projectors import LayerFactors
 
 Forward = Callable[..., "torch.Tensor"]
 
@@ -46,6 +55,7 @@ def per_sample_gradients(
     batch: int,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     regions: int = 1,
+    factors: Mapping[str, LayerFactors] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sample gradients of ``losses`` with respect to ``params``.
 
@@ -54,12 +64,14 @@ def per_sample_gradients(
     objective. With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
     output it comes from: the sum over output positions is taken per cell of an r x r grid over the
     output's last two (spatial) dims, for channel-first layers (Conv, GroupNorm); the r^2 cells sum to
-    the whole gradient.
+    the whole gradient. A weight named in ``factors`` (one that :func:`factor_shape` accepts) gets its
+    projected gradient P_out dW P_in^T, computed from the projected factors (see the module docstring).
 
     Shape:
         losses(forward): (batch,).
+        factors: name -> (P_out (k_out, d_out), P_in (k_in, d_in)) on the parameters' device.
         returns: name -> (batch, *params[name].shape), or (batch, r^2, *shape) when regions > 1;
-        float32 (the parameter's dtype).
+        (k_out, k_in) in place of the shape for a name in ``factors``; float32 (the parameter's dtype).
     """
     import torch
     from torch.func import functional_call
@@ -98,8 +110,13 @@ def per_sample_gradients(
     if tuple(per_sample.shape) != (batch,):
         raise ValueError(f"losses must return ({batch},) values, got {tuple(per_sample.shape)}")
     cells = (regions * regions,) if regions > 1 else ()
+    factors = factors or {}
+    shapes = {
+        name: (factors[name].out.shape[0], factors[name].inp.shape[0]) if name in factors else p.shape
+        for name, p in params.items()
+    }
     result = {
-        name: torch.zeros((batch, *cells, *p.shape), dtype=p.dtype, device=p.device)
+        name: torch.zeros((batch, *cells, *shapes[name]), dtype=p.dtype, device=p.device)
         for name, p in params.items()
     }
     if not captured:
@@ -118,12 +135,13 @@ def per_sample_gradients(
             )
         owner = module.get_submodule(path)
         mine = {attribute: leaves[name] for attribute, name in owners[path]}
+        projected = {attribute: factors[name] for attribute, name in owners[path] if name in factors}
         grad_out = grad_out.detach()
         if regions == 1:
-            per_cell = [_layer_gradients(owner, mine, args, grad_out, batch, autocast)]
+            per_cell = [_layer_gradients(owner, mine, args, grad_out, batch, autocast, projected)]
         else:
             per_cell = [
-                _layer_gradients(owner, mine, args, grad_out * mask, batch, autocast)
+                _layer_gradients(owner, mine, args, grad_out * mask, batch, autocast, projected)
                 for mask in _cell_masks(owner, path, grad_out, regions)
             ]
         for attribute, name in owners[path]:
@@ -162,6 +180,38 @@ def grid_cells(height: int, width: int, regions: int) -> list[torch.Tensor]:
     ]
 
 
+def _is_plain_linear(owner: torch.nn.Module) -> bool:
+    from torch import nn
+
+    return isinstance(owner, nn.Linear) and type(owner).forward is nn.Linear.forward
+
+
+def _is_plain_conv(owner: torch.nn.Module) -> bool:
+    """A Conv1d/2d/3d with its own forward, one group and explicit zero padding."""
+    from torch import nn
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return (
+        isinstance(owner, convs)
+        and type(owner).forward in (conv.forward for conv in convs)
+        and owner.groups == 1
+        and owner.padding_mode == "zeros"
+        and not isinstance(owner.padding, str)
+    )
+
+
+def factor_shape(module: torch.nn.Module, name: str) -> tuple[int, int] | None:
+    """(d_out, d_in) of the weight ``name`` when its per-sample gradient has the factor form
+    ``sum_s g[s] u[s]^T`` this module computes in closed form: the weight of a Linear (d_in: in_features)
+    or of a Conv (d_in: C_in x kernel size, the weight's flattened trailing dims); None otherwise."""
+    path, _, attribute = name.rpartition(".")
+    owner = module.get_submodule(path)
+    if attribute != "weight" or not (_is_plain_linear(owner) or _is_plain_conv(owner)):
+        return None
+    weight = owner.weight
+    return int(weight.shape[0]), int(weight[0].numel())
+
+
 def _layer_gradients(
     owner: torch.nn.Module,
     mine: dict[str, torch.Tensor],
@@ -169,50 +219,81 @@ def _layer_gradients(
     grad_out: torch.Tensor,
     batch: int,
     autocast: Callable[[], AbstractContextManager],
+    factors: Mapping[str, LayerFactors],
 ) -> dict[str, torch.Tensor]:
-    """Per-row gradients of the owner's parameters ``mine`` (attribute -> tensor) for one call.
+    """Per-row gradients of the owner's parameters ``mine`` (attribute -> tensor) for one call; those in
+    ``factors`` (attribute -> factors) projected, P_out dW P_in^T.
 
-    Shape: grad_out (N, ...) with N = batch * m -> attribute -> (N or batch, *shape).
+    Shape: grad_out (N, ...) with N = batch * m -> attribute -> (N or batch, *shape), or
+    (N or batch, k_out, k_in) for an attribute in ``factors``.
     """
     from torch import nn
 
-    plain_forward = type(owner).forward
     if set(mine) <= {"weight", "bias"} and len(args) == 1:
-        if isinstance(owner, nn.Linear) and plain_forward is nn.Linear.forward:
-            return _linear_gradients(args[0], grad_out, mine, batch)
-        convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        if (
-            isinstance(owner, convs)
-            and plain_forward in (conv.forward for conv in convs)
-            and owner.groups == 1
-            and owner.padding_mode == "zeros"
-            and not isinstance(owner.padding, str)
-        ):
-            return _conv_gradients(owner, args[0], grad_out, mine)
+        if _is_plain_linear(owner):
+            return _linear_gradients(args[0], grad_out, mine, batch, factors)
+        if _is_plain_conv(owner):
+            return _conv_gradients(owner, args[0], grad_out, mine, factors)
         if isinstance(owner, nn.GroupNorm) and owner.affine:
-            return _group_norm_gradients(owner, args[0], grad_out, mine, autocast)
-    return _module_vjp_gradients(owner, mine, args, grad_out, autocast)
+            grads = _group_norm_gradients(owner, args[0], grad_out, mine, autocast)
+            return _project_weights(grads, factors)
+    return _project_weights(_module_vjp_gradients(owner, mine, args, grad_out, autocast), factors)
 
 
-def _linear_gradients(x: torch.Tensor, grad_out: torch.Tensor, mine: dict, n: int) -> dict[str, torch.Tensor]:
-    """Shape: x (N, ..., in), grad_out (N, ..., out), N = n * m -> weight (n, out, in), bias (n, out)."""
+def _project_weights(grads: dict[str, torch.Tensor], factors: Mapping[str, LayerFactors]) -> dict:
+    """The gradients of the attributes in ``factors`` projected from their materialised form (a layer
+    that did not take the factorized path)."""
+    return {a: project_weight_gradient(g, factors[a]) if a in factors else g for a, g in grads.items()}
+
+
+def project_weight_gradient(grad: torch.Tensor, factors: LayerFactors) -> torch.Tensor:
+    """P_out G P_in^T for each row's materialised weight gradient G (d_out, d_in: the trailing dims
+    flattened), the reference the factorized path equals.
+
+    Shape: grad (N, d_out, ...) -> (N, k_out, k_in).
+    """
+    rows = grad.reshape(grad.shape[0], factors.out.shape[1], -1)
+    return factors.out @ rows @ factors.inp.T
+
+
+def _linear_gradients(
+    x: torch.Tensor, grad_out: torch.Tensor, mine: dict, n: int, factors: Mapping[str, LayerFactors]
+) -> dict[str, torch.Tensor]:
+    """Shape: x (N, ..., in), grad_out (N, ..., out), N = n * m -> weight (n, out, in) or, projected,
+    (n, k_out, k_in); bias (n, out)."""
     g = grad_out.float().reshape(n, -1, grad_out.shape[-1])
     out = {}
-    if "weight" in mine:
+    if "weight" in factors:  # sum over tokens of (P_out g)(P_in x)^T
+        projected_in = x.float().reshape(n, -1, x.shape[-1]) @ factors["weight"].inp.T
+        out["weight"] = (g @ factors["weight"].out.T).transpose(1, 2).bmm(projected_in)
+    elif "weight" in mine:
         out["weight"] = g.transpose(1, 2).bmm(x.float().reshape(n, -1, x.shape[-1]))
     if "bias" in mine:
         out["bias"] = g.sum(dim=1)
     return out
 
 
-def _conv_gradients(conv, x: torch.Tensor, grad_out: torch.Tensor, mine: dict) -> dict[str, torch.Tensor]:
-    """Shape: x (N, C_in, *S), grad_out (N, C_out, *S') -> weight (N, C_out, C_in, *K), bias (N, C_out)."""
+def _conv_gradients(
+    conv, x: torch.Tensor, grad_out: torch.Tensor, mine: dict, factors: Mapping[str, LayerFactors]
+) -> dict[str, torch.Tensor]:
+    """Shape: x (N, C_in, *S), grad_out (N, C_out, *S') -> weight (N, C_out, C_in, *K) or, projected,
+    (N, k_out, k_in); bias (N, C_out)."""
     import torch
 
     n, c_out, *spatial = grad_out.shape
     g = grad_out.float().reshape(n, c_out, -1)
     out = {}
-    if "weight" in mine and all(k == 1 for k in conv.kernel_size[1:]):
+    if "weight" in factors:
+        # P_in u[s] for every output position s is the convolution of the input with P_in as its kernel
+        # (k_in output channels, the layer's stride, padding and dilation): no input window is unfolded.
+        projection = factors["weight"]
+        kernel = projection.inp.reshape(-1, *conv.weight.shape[1:])
+        convolve = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)
+        projected_in = convolve[len(spatial) - 1](
+            x.float(), kernel, None, conv.stride, conv.padding, conv.dilation
+        ).reshape(n, kernel.shape[0], -1)
+        out["weight"] = (projection.out @ g).bmm(projected_in.transpose(1, 2))
+    elif "weight" in mine and all(k == 1 for k in conv.kernel_size[1:]):
         # dW[o, c, k] = sum_s g[o, s] x_pad[c, s * stride + k * dilation]: a kernel along the first dim
         # only makes every window a strided view, so one batched matmul per offset needs no copy.
         pad = [p for size in reversed(conv.padding) for p in (size, size)]

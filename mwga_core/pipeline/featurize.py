@@ -5,7 +5,10 @@
 gradients are computed is an :class:`Executor`'s business:
 
 * :class:`LocalExecutor` runs the gradient source and the projector in this process (replaying cached
-  raw gradients when the stage cache holds them, :func:`mwga_core.pipeline.stages.gradient_chunks`);
+  raw gradients when the stage cache holds them, :func:`mwga_core.pipeline.stages.gradient_chunks`;
+  with a factorized projector and a source that applies its layer factors,
+  :func:`~mwga_core.api.projectors.factorizes`, the source's reduced gradients instead, which are not
+  the raw gradients and bypass their cache);
 * :class:`mwga_core.pipeline.ray_executor.RayExecutor` hands chunks of clips to Ray actors, each of which
   runs :func:`featurize` with its own :class:`LocalExecutor`.
 
@@ -25,7 +28,7 @@ import numpy as np
 from mwga_core.api.clips import AnalysedClips
 from mwga_core.api.context import RunContext
 from mwga_core.api.gradients import GradientSource
-from mwga_core.api.projectors import Projector
+from mwga_core.api.projectors import Projector, factorizes
 from mwga_core.pipeline.stages import RawGradients, gradient_chunks
 from mwga_core.storage.feature_store import FeatureStore
 from mwga_core.storage.stage_cache import StageCache
@@ -80,7 +83,11 @@ class LocalExecutor:
     ) -> Iterator[ProjectedChunk]:
         """See :meth:`Executor.project_chunks`; the source sees only ``clips.subset(todo)``."""
         pending = clips if len(todo) == len(clips) else clips.subset(todo)
-        for chunk in gradient_chunks(pending, todo, len(clips), self.gradient, self.ctx, raw):
+        if factorizes(self.gradient, self.projector):
+            chunks = self.gradient.iter_reduced_gradients(pending, self.ctx, self.projector)
+        else:
+            chunks = gradient_chunks(pending, todo, len(clips), self.gradient, self.ctx, raw)
+        for chunk in chunks:
             projected = np.stack(
                 [
                     self.projector.project(chunk.grads[k], self.ctx).cpu().numpy()

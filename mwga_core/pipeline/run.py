@@ -91,6 +91,8 @@ def build_components(cfg: MwgaConfig, host: PluginHost) -> Components:
 
 def check_device(device: str) -> None:
     """Fail early and clearly on a device torch cannot use."""
+    if device == "cpu":  # always usable: a fully cached run need not import torch to know it
+        return
     import torch
 
     try:

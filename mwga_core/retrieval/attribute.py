@@ -33,6 +33,13 @@ from mwga_core.api.errors import DataError
 from mwga_core.api.scorers import Scorer
 from mwga_core.config.schema import MwgaConfig
 from mwga_core.plugin_host.host import PluginHost
+from mwga_core.retrieval.faiss_index import RetrievalIndex
+from mwga_core.retrieval.prepared_scoring import (
+    SEARCH_MARGIN,
+    PreparedScoring,
+    load_prepared_scoring,
+    search_rows,
+)
 from mwga_core.storage.atomic import temp_path
 from mwga_core.storage.index_store import IndexData
 
@@ -56,9 +63,18 @@ class Attribution:
 
 
 def search(
-    query: np.ndarray, train: np.ndarray, scorer: Scorer, ctx: RunContext, k: int
+    query: np.ndarray,
+    train: np.ndarray,
+    scorer: Scorer,
+    ctx: RunContext,
+    k: int,
+    found: RetrievalIndex | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` training rows of each query and their exact scores, best first (ties: lower row).
+
+    ``found``: the stored search index of ``train`` (:mod:`mwga_core.retrieval.prepared_scoring`); it
+    holds float16 rows, so it is asked for ``2 k + SEARCH_MARGIN`` candidates. Without it, an exact
+    float32 index of ``train`` is made for this call.
 
     Shape:
         query: (K, Q, P); train: (K, N, P). returns rows (Q, k) int64, scores (Q, k) float64.
@@ -66,12 +82,13 @@ def search(
     if scorer.searchable_by_inner_product:
         from mwga_core.retrieval.faiss_index import build_index
 
-        def rows(features: np.ndarray) -> np.ndarray:  # (K, n, P) -> (n, K*P); mean over K = IP / K
-            return np.concatenate(list(scorer.search_vectors(np.asarray(features, dtype=np.float32))), axis=1)
-
-        # exact inner product; candidates are then rescored in float64 by the scorer itself
-        found = build_index(rows(train), kind="flat", metric="ip")
-        _, candidates = found.search(rows(query), k)
+        depth = k
+        if found is None:
+            found = build_index(search_rows(scorer, train), kind="flat", metric="ip")
+        else:
+            depth = min(train.shape[1], 2 * k + SEARCH_MARGIN)
+        # candidates are then rescored in float64 by the scorer itself
+        _, candidates = found.search(search_rows(scorer, query), depth)
         exact = np.stack(
             [
                 scorer.score(query[:, q : q + 1], train[:, candidates[q]], ctx)[0]
@@ -82,7 +99,7 @@ def search(
         scores = np.asarray(scorer.score(query, train, ctx), dtype=np.float64)
         candidates = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         exact = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((candidates, -exact), axis=1)
+    order = np.lexsort((candidates, -exact), axis=1)[:, :k]
     return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
 
@@ -95,16 +112,24 @@ def attribute(
     top_k: int,
     percentile: float,
     votes_k: int,
+    prepared: PreparedScoring | None = None,
 ) -> Attribution:
     """Top-k per query and MOTIVE's majority vote (see the module docstring).
+
+    ``prepared``: the scorer's whole-index step and search index as ``mwga index`` stored them; None
+    computes the step here, on all of ``train``.
 
     Shape:
         query: (K, Q, P); train: (K, N, P).
     """
-    scorer, train = scorer.per_clip(train, ctx)  # the subsets below must score as the whole set does
+    found = None
+    if prepared is None:  # the subsets below must score as the whole set does
+        scorer, train = scorer.per_clip(train, ctx)
+    else:
+        scorer, train, found = prepared.scorer, prepared.features, prepared.search
     count = train.shape[1]
     vote_depth = max(1, math.ceil((1.0 - percentile / 100.0) * count))
-    rows, scores = search(query, train, scorer, ctx, min(count, max(top_k, vote_depth)))
+    rows, scores = search(query, train, scorer, ctx, min(count, max(top_k, vote_depth)), found)
     votes = np.zeros(count, dtype=np.int64)
     for q in range(len(rows)):
         votes[rows[q, :vote_depth]] += 1
@@ -112,6 +137,22 @@ def attribute(
     mean_scores = np.asarray(scorer.score(query, train[:, voted], ctx), dtype=np.float64).mean(axis=0)
     order = np.lexsort((voted, -mean_scores, -votes[voted]))[:votes_k]
     return Attribution(query_ids, rows[:, :top_k], scores[:, :top_k], votes, voted[order], mean_scores[order])
+
+
+def stored_scoring(
+    index: IndexData, scorer: Scorer, ctx: RunContext, host: PluginHost
+) -> PreparedScoring | None:
+    """The scorer's whole-index step and search index as ``mwga index`` stored them for ``scorer``, or
+    None (with a note) for an index made before mwga stored them: :func:`attribute` then computes them."""
+    prepared = load_prepared_scoring(
+        index.path / index.manifest["data"], scorer, index.manifest["config"]["scorer"], index.features, host
+    )
+    if prepared is None:
+        ctx.console.print(
+            f"[yellow]note:[/] {index.path} holds no stored scoring step for its scorer (made by an older "
+            "mwga): computing it now. Run `mwga index` on the corpus again to store it."
+        )
+    return prepared
 
 
 def _prepared_components(index: IndexData, cfg: MwgaConfig, ctx: RunContext, host: PluginHost):

@@ -19,6 +19,10 @@ or a gradient source that uses a model (``uses_model``, e.g. ``gradient=diffusio
 trains it on every clip of the corpus, read in memory first) reports another ``checkpoint_id`` because
 the corpus changed, every row is recomputed.
 
+Last, the scorer's whole-index step (``cosine``'s ``neighbours`` augmentation) and the search index of
+its vectors are made once and stored beside the rows (:mod:`mwga_core.retrieval.prepared_scoring`),
+unless the data folder already holds them for this scorer config; ``mwga attribute`` only loads them.
+
 Featurization is :func:`mwga_core.pipeline.featurize.featurize` on the run's executor
 (:func:`mwga_core.pipeline.executors.open_executor`: with ``executor=ray`` Ray actors, started once per
 run); reading and analysis stay here. The executor is not part of the identity: it does not change the
@@ -44,6 +48,7 @@ from mwga_core.api.datasets import path_text, require_clip_reader
 from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
 from mwga_core.config.schema import MwgaConfig, as_container, group_configs
 from mwga_core.plugin_host.host import PluginHost, get_host
+from mwga_core.retrieval.prepared_scoring import store_prepared_scoring
 from mwga_core.storage.atomic import entry_lock, write_json_atomic
 from mwga_core.storage.index_store import (
     FORMAT_VERSION,
@@ -240,6 +245,11 @@ def index_corpus(
         static_ids = [f.id for f, s in zip(present, gathered["static"], strict=True) if s]
         config = as_container(cfg)
         config.pop("cache", None)
+        with ctx.stage("scoring step") as stage_info:  # before the manifest names the data folder
+            made = store_prepared_scoring(
+                index_dir / data_name, components.scorer, config["scorer"], gathered["features"], ctx
+            )
+            stage_info["status"] = "computed" if made else "reused"
         new_manifest = {
             "format": FORMAT_VERSION,
             "mwga_version": __version__,

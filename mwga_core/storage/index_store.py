@@ -10,6 +10,8 @@ Layout of ``<index>/``::
         descriptors.npy  (N, B) float32 motion descriptors
         static.npy       (N,) bool: clips with (almost) no motion
         flows.npy        (N, T-1, H, W, 2) float16 optical flow, only with --keep-flows
+        scoring/         the scorer's whole-index step and search index, made from the rows for one
+                         scorer config (:mod:`mwga_core.retrieval.prepared_scoring` writes and reads it)
     shards/shard-<m>/    clips computed by a run that has not consolidated yet (same files per shard,
         shard.json       plus the rows key they were computed under)
 

@@ -21,6 +21,13 @@ composed from the pieces of :mod:`mwga_core.diffusion`:
   (weight ``contrast_static_weight``), and ``regions`` x ``regions`` loss cells (``region_split=loss``)
   or weight gradients split by output position (``region_split=position``, batched engine).
 
+With a factorized projector (``projection=kronecker``), the pipeline calls
+:meth:`DiffusionGradient.iter_reduced_gradients` instead of ``iter_gradients``: every Linear / Conv weight
+(:func:`~mwga_core.diffusion.per_sample.factor_shape`) is projected per term, P_out G P_in^T, by the
+engine from the layer's factors (``batched``: G is never formed), before the contrasts, regions, clip
+scales and checkpoints combine the terms; all of those are linear, so this equals projecting the
+finished gradient's blocks. Every other column is as ``iter_gradients`` yields it.
+
 The clip scale w_i / F: ``weighting=scalar`` is eq. 3's w_i = ||d_i|| (the descriptor norm);
 ``frame_normalize`` divides by the F frames. ``params``: ``all``, ``temporal`` (the adapter's
 across-frame parameters) or a regular expression searched in parameter names; ``checkpoints``: the
@@ -50,6 +57,7 @@ from mwga_core.api.clips import AnalysedClips
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.gradients import GradientChunk, GradientConfig, GradientSource
+from mwga_core.api.projectors import FactorizedProjector, LayerFactors
 from mwga_core.config.checks import at_least, one_of, satisfies
 from mwga_core.diffusion.contrasts import (
     CONTRASTS,
@@ -67,6 +75,7 @@ from mwga_core.diffusion.engines import (
 )
 from mwga_core.diffusion.model_inputs import encode_clips, encode_counterparts
 from mwga_core.diffusion.objectives import OUTPUT_FUNCTIONS, DiffusionObjective, motion_mask, shared_noise
+from mwga_core.diffusion.per_sample import factor_shape
 
 if TYPE_CHECKING:
     import torch
@@ -204,6 +213,22 @@ class DiffusionGradient(GradientSource):
     # -- gradients ----------------------------------------------------------------------------------
 
     def iter_gradients(self, clips: AnalysedClips, ctx: RunContext) -> Iterator[GradientChunk]:
+        return self._chunks(clips, ctx, None)
+
+    def iter_reduced_gradients(
+        self, clips: AnalysedClips, ctx: RunContext, projector: FactorizedProjector
+    ) -> Iterator[GradientChunk]:
+        """:meth:`iter_gradients` with every Linear / Conv weight's columns replaced by its projection
+        P_out G P_in^T (``projector``'s :meth:`~FactorizedProjector.layer_factors`), per term.
+
+        Shape: yields chunks of (K, n, D') float32, D' = the reduced sizes times the contrast's parts
+        and the regions.
+        """
+        return self._chunks(clips, ctx, projector)
+
+    def _chunks(
+        self, clips: AnalysedClips, ctx: RunContext, projector: FactorizedProjector | None
+    ) -> Iterator[GradientChunk]:
         import torch
 
         trained = self._require_trained()
@@ -211,7 +236,7 @@ class DiffusionGradient(GradientSource):
         objective = self.objective(trained, ctx)
         contrast = make_contrast(self.config.contrast, self.config.contrast_static_weight)
         per_checkpoint = [
-            self.gradient_function(trained.module(step, device=ctx.device), objective, ctx)
+            self.gradient_function(trained.module(step, device=ctx.device), objective, ctx, projector)
             for step in self._steps(trained)
         ]
         adapter, frames = trained.adapter, clips.clips.frames
@@ -252,10 +277,14 @@ class DiffusionGradient(GradientSource):
         )
 
     def gradient_function(
-        self, module: torch.nn.Module, objective: DiffusionObjective, ctx: RunContext
+        self,
+        module: torch.nn.Module,
+        objective: DiffusionObjective,
+        ctx: RunContext,
+        projector: FactorizedProjector | None = None,
     ) -> GradientFunction:
         """Per-clip gradients of ``module`` (batch -> (n, D)): the engine, with the loss split into
-        regions when ``region_split=loss``."""
+        regions when ``region_split=loss``; with a ``projector``, its layer factors applied."""
         import torch
 
         c = self.config
@@ -263,7 +292,8 @@ class DiffusionGradient(GradientSource):
         settings = EngineSettings(c.chunk_size, c.bf16, torch.device(ctx.device).type)
         engine = make_engine(c.engine, settings, position_cells)
         selection = SelectedParameters.of(module, self.selected_parameter_names(module))
-        gradient = partial(engine.gradients, selection, objective)
+        factors = None if projector is None else layer_factors(selection, projector, ctx)
+        gradient = partial(engine.gradients, selection, objective, factors=factors)
         if c.region_split != "loss":
             return gradient
         trained = self._require_trained()
@@ -301,6 +331,18 @@ class DiffusionGradient(GradientSource):
             raise ConfigValueError("weighting", weighting, "none or scalar: this method computes no flow")
         if weighting == "scalar" and clips.descriptors is None:
             raise ConfigValueError("weighting", weighting, "none or mask: this method computes no descriptor")
+
+
+def layer_factors(
+    selection: SelectedParameters, projector: FactorizedProjector, ctx: RunContext
+) -> dict[str, LayerFactors]:
+    """The projector's factors, on ``ctx.device``, for every selected weight with a factor form."""
+    factors = {}
+    for name in selection.names:
+        shape = factor_shape(selection.module, name)
+        if shape is not None:
+            factors[name] = projector.layer_factors(name, *shape, ctx).to(ctx.device)
+    return factors
 
 
 @hookimpl

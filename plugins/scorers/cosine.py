@@ -6,10 +6,18 @@ database-side augmentation (Arandjelovic and Zisserman, "Three things everyone s
 object retrieval", CVPR 2012; Gordo et al. 2017). It reads the training features only (no label, no
 query), so a clip is credited for its neighbourhood in gradient space: a clip whose own gradient is
 noisy but whose nearest clips agree with the query ranks higher. The query side is unchanged.
+
+Finding the neighbours exactly compares every training clip with every other: O(N^2 P). Below
+``exact_neighbours_below`` clips it is done so (:func:`augment_with_neighbours`); from there on the
+candidates come from an inverted-file search (:func:`augment_approximately`: FAISS k-means cells, each
+clip compared only with the clips of the ``NEIGHBOUR_PROBES`` cells nearest to it), and are then ranked
+exactly as the exact path ranks them. ``mwga index`` applies the step once and stores its result
+(:meth:`CosineScorer.per_clip`), so ``mwga attribute`` never repeats it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,13 +30,29 @@ from mwga_core.config.checks import at_least
 #: training-similarity entries held at once while finding neighbours (rows x N), to bound memory for
 #: large corpora; the result does not depend on it
 NEIGHBOUR_BLOCK_ENTRIES = 2**22
+#: cells of the approximate search: about sqrt(N) (k-means on a seeded sample of 64 rows per cell)
+CELLS_PER_SQRT_ROW = 1.0
+#: cells each clip's neighbours are looked for in (its own first)
+NEIGHBOUR_PROBES = 8
+#: candidates kept per clip by the approximate search beyond itself and its k neighbours, re-ranked in
+#: float64: a float32 near-tie at the k-th place does not lose the true neighbour
+EXTRA_CANDIDATES = 2
+#: seed of the approximate search's k-means: the neighbours depend on the training rows only
+NEIGHBOUR_SEARCH_SEED = 0
+#: rows whose candidates are re-ranked at once
+RERANK_BLOCK_ROWS = 1024
 
 
 @dataclass
 class CosineScorerConfig(ScorerConfig):
-    """``neighbours``: 0 = plain cosine; k > 0 = database-side augmentation with k nearest training clips."""
+    """``neighbours``: 0 = plain cosine; k > 0 = database-side augmentation with k nearest training clips.
+    ``exact_neighbours_below``: corpora of fewer clips find the neighbours exactly, larger ones through
+    an approximate inverted-file search."""
 
     neighbours: int = field(default=0, metadata=at_least(0, note="0 = plain cosine"))
+    exact_neighbours_below: int = field(
+        default=20000, metadata=at_least(0, note="0 = always the approximate search")
+    )
 
 
 def augment_with_neighbours(unit_train: np.ndarray, neighbours: int) -> np.ndarray:
@@ -56,6 +80,119 @@ def augment_with_neighbours(unit_train: np.ndarray, neighbours: int) -> np.ndarr
     return augmented
 
 
+def neighbour_candidates(unit32: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` candidate neighbours of every row (itself among them), from an inverted file.
+
+    The rows are split into about sqrt(N) cells by seeded k-means (the IVF training of
+    :func:`mwga_core.retrieval.faiss_index.build_index`); each row is compared, by float32 inner
+    product, with every row of the ``NEIGHBOUR_PROBES`` cells whose centroids are nearest to it. The
+    work is done cell by cell: all rows that probe a cell against all rows in it, one matrix product.
+
+    Shape:
+        unit32: (N, P) float32 unit rows. returns: (N, count) int64 row ids, -1 where fewer were found.
+    """
+    import faiss
+
+    from mwga_core.retrieval.faiss_index import TRAIN_ROWS_PER_LIST, build_index
+
+    n = len(unit32)
+    # about sqrt(N) cells, each with the 39 training rows FAISS's k-means asks for
+    cells = max(1, min(round(CELLS_PER_SQRT_ROW * math.sqrt(n)), n // 39))
+    probes = min(NEIGHBOUR_PROBES, cells)
+    rng = np.random.default_rng(NEIGHBOUR_SEARCH_SEED)
+    sample = np.sort(rng.choice(n, size=min(n, TRAIN_ROWS_PER_LIST * cells), replace=False))
+    # an IVF index trained on the sample (and holding only it): its quantizer holds the cell centroids
+    trained = build_index(unit32[sample], kind="ivf", nlist=cells, nprobe=1, seed=NEIGHBOUR_SEARCH_SEED)
+    quantizer = trained.index.quantizer
+    _, probed = quantizer.search(unit32, probes)  # (N, probes), nearest cell first: a row's own cell
+    members = np.argsort(probed[:, 0], kind="stable")
+    member_bounds = np.searchsorted(probed[members, 0], np.arange(cells + 1))
+    visits = np.argsort(probed.ravel(), kind="stable")  # (row, probe) pairs grouped by cell
+    visit_bounds = np.searchsorted(probed.ravel()[visits], np.arange(cells + 1))
+    heap = faiss.ResultHeap(n, count, keep_max=True)
+    threads = faiss.omp_get_max_threads()
+    # The heap update is a short loop per block, while numpy's BLAS threads are busy around it: one
+    # FAISS thread keeps them from spinning against each other (3x faster on 2 cores).
+    faiss.omp_set_num_threads(1)
+    try:
+        for cell in range(cells):
+            rows = members[member_bounds[cell] : member_bounds[cell + 1]]
+            queries = visits[visit_bounds[cell] : visit_bounds[cell + 1]] // probes
+            if len(rows) and len(queries):
+                heap.add_result_subset(queries, unit32[queries] @ unit32[rows].T, rows)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    heap.finalize()
+    return heap.I
+
+
+def augment_approximately(train: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`augment_with_neighbours` (then scaled to unit rows) with the neighbours searched among
+    each row's :func:`neighbour_candidates` instead of among all rows.
+
+    The candidates are ranked as the exact path ranks all rows: by float64 cosine, ties to the lower
+    index, the row itself first; so a row whose true neighbours are among its candidates gets the exact
+    path's result bit for bit. A row with too few candidates, or an all-zero row (as similar to every
+    row), is compared with every row.
+
+    Shape:
+        train: (N, P) float32 features.
+        returns: (N, P) float64 unit augmented rows, and (N, k + 1) int64 the rows summed for each.
+    """
+    n = len(train)
+    k = min(neighbours, n - 1)
+    norms = np.concatenate(
+        [
+            np.linalg.norm(np.asarray(train[start : start + RERANK_BLOCK_ROWS], dtype=np.float64), axis=-1)
+            for start in range(0, n, RERANK_BLOCK_ROWS)
+        ]
+    )
+
+    def unit(rows: np.ndarray) -> np.ndarray:  # bit for bit unit_rows(train[rows].astype(float64))
+        features = np.asarray(train[rows], dtype=np.float64)  # a copy: scaled in place
+        scale = norms[rows][..., None]
+        return np.divide(features, scale, out=features, where=scale > 0)  # an all-zero row stays zero
+
+    unit32 = np.empty(train.shape, dtype=np.float32)
+    for start in range(0, n, RERANK_BLOCK_ROWS):
+        unit32[start : start + RERANK_BLOCK_ROWS] = unit(np.arange(start, min(start + RERANK_BLOCK_ROWS, n)))
+    candidates = neighbour_candidates(unit32, k + 1 + EXTRA_CANDIDATES)
+    del unit32
+    augmented = np.empty(train.shape, dtype=np.float64)
+    nearest = np.empty((n, k + 1), dtype=np.int64)
+    for start in range(0, n, RERANK_BLOCK_ROWS):
+        own = np.arange(start, min(start + RERANK_BLOCK_ROWS, n))
+        found = candidates[own]
+        rows, others = unit(own), unit(np.maximum(found, 0))
+        similarity = np.matmul(others, rows[:, :, None])[:, :, 0]
+        similarity[(found < 0) | (found == own[:, None])] = -np.inf
+        order = np.lexsort((found, -similarity), axis=1)[:, :k]
+        nearest[own, 0] = own
+        nearest[own, 1:] = np.take_along_axis(found, order, axis=1)
+        picked = np.concatenate([rows[:, None], np.take_along_axis(others, order[..., None], axis=1)], axis=1)
+        short = ~np.isfinite(np.take_along_axis(similarity, order, axis=1)).all(axis=1) | (norms[own] == 0)
+        for row in np.flatnonzero(short):  # too few candidates, or an all-zero row: compare with every row
+            nearest[own[row]] = _exact_nearest(train, norms, own[row], k)
+            picked[row] = unit(nearest[own[row]])
+        augmented[own] = unit_rows(picked.sum(axis=1))
+    return augmented, nearest
+
+
+def _exact_nearest(train: np.ndarray, norms: np.ndarray, row: int, k: int) -> np.ndarray:
+    """Row ``row`` and its ``k`` most similar other rows, compared with every row (as the exact path).
+
+    Shape: train (N, P), norms (N,) -> (k + 1,) int64."""
+    target = np.asarray(train[row], dtype=np.float64) / (norms[row] if norms[row] > 0 else 1.0)
+    similarity = np.concatenate(
+        [
+            unit_rows(np.asarray(train[start : start + RERANK_BLOCK_ROWS], dtype=np.float64)) @ target
+            for start in range(0, len(train), RERANK_BLOCK_ROWS)
+        ]
+    )
+    similarity[row] = np.inf
+    return np.argsort(-similarity, kind="stable")[: k + 1]
+
+
 class CosineScorer(Scorer):
     """s_qi = <g_q, g_i> / (||g_q|| ||g_i||), mean over the K checkpoints; g_i augmented by its
     ``neighbours`` nearest training clips when that is > 0. All-zero rows score 0 with anything.
@@ -70,12 +207,16 @@ class CosineScorer(Scorer):
 
         Shape: train (K, N, P) -> (K, N, P) float64 unit (or all-zero) rows.
         """
+        neighbours = self.config.neighbours
+        if neighbours > 0 and train.shape[1] >= max(2, self.config.exact_neighbours_below):
+            augmented = np.empty(train.shape, dtype=np.float64)
+            for k, checkpoint in enumerate(train):
+                augmented[k] = augment_approximately(checkpoint, neighbours)[0]
+            return augmented
         t = unit_rows(train.astype(np.float64))
-        if self.config.neighbours == 0:
+        if neighbours == 0:
             return t
-        return unit_rows(
-            np.stack([augment_with_neighbours(t[k], self.config.neighbours) for k in range(len(t))])
-        )
+        return unit_rows(np.stack([augment_with_neighbours(t[k], neighbours) for k in range(len(t))]))
 
     def score(self, query: np.ndarray, train: np.ndarray, ctx: RunContext) -> np.ndarray:
         """Shape: query (K, Q, P), train (K, N, P) -> (Q, N) float64."""

@@ -22,6 +22,7 @@ from mwga_plugins.motion.none import NoMotion
 from mwga_plugins.motion.tvl1 import Tvl1Flow
 from mwga_plugins.projectors.fastfood import FastfoodProjector
 from mwga_plugins.projectors.gaussian import GaussianProjector
+from mwga_plugins.projectors.kronecker import KroneckerProjector
 from mwga_plugins.projectors.none import IdentityProjector
 from mwga_plugins.projectors.rademacher import RademacherProjector
 from mwga_plugins.projectors.sparse_jl import SparseJLProjector
@@ -178,6 +179,10 @@ class TestSparseJLProjector(ProjectorContract):
 
 class TestFastfoodProjector(ProjectorContract):
     component_class = FastfoodProjector
+
+
+class TestKroneckerProjector(ProjectorContract):
+    component_class = KroneckerProjector
 
 
 class TestDotScorer(ScorerContract):

@@ -106,3 +106,100 @@ def test_rejects_bad_neighbours(neighbours):
 def test_neighbours_error_names_the_group(host):
     with pytest.raises(ConfigValueError, match=r"scorer\.neighbours"):
         host.build("scorer", OmegaConf.create({"name": "cosine", "neighbours": -2}))
+
+
+# -- the approximate neighbour search (exact_neighbours_below) -----------------------------------------
+
+
+def clustered(n: int, p: int, clusters: int, seed: int) -> np.ndarray:
+    """(n, p) float32 rows around ``clusters`` random centres, as clip features cluster by motion; the
+    clusters are tight enough that every row's nearest rows lie in the cells the search probes (checked
+    for seeds 0-9: at noise 0.5 about one row in 2000 misses one neighbour)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, p))
+    return (centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, p))).astype(np.float32)
+
+
+def exact_nearest(train: np.ndarray, k: int) -> np.ndarray:
+    """Each row, then its k most similar other rows (float64 cosine, ties to the lower index)."""
+    unit = train.astype(np.float64)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    unit = np.divide(unit, norms, out=np.zeros_like(unit), where=norms > 0)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, : k + 1]
+
+
+def test_the_approximate_search_finds_the_exact_neighbours_on_a_clustered_corpus():
+    train = clustered(2400, 16, clusters=40, seed=11)
+    train[7] = 0.0  # an all-zero row: as similar to every row, it takes the lowest rows, as exactly
+    train[9] = train[8]  # identical rows: each still counts itself first
+    augmented, nearest = cosine.augment_approximately(train, 5)
+    np.testing.assert_array_equal(nearest, exact_nearest(train, 5))
+    exact = CosineScorer(CosineScorerConfig(neighbours=5)).augmented_train(train[None])[0]
+    np.testing.assert_array_equal(augmented, exact)  # same rows summed in the same order: bit for bit
+
+
+def test_both_paths_rank_the_same_through_the_scorer():
+    train = np.stack([clustered(1500, 12, 30, seed=12), clustered(1500, 12, 30, seed=13)])
+    query = features(2, 6, 12, seed=14)
+    exact = CosineScorer(CosineScorerConfig(neighbours=5)).score(query, train, CTX)
+    approximate_scorer = CosineScorer(CosineScorerConfig(neighbours=5, exact_neighbours_below=1000))
+    approximate = approximate_scorer.score(query, train, CTX)
+    np.testing.assert_array_equal(
+        np.argsort(-approximate, axis=1, kind="stable"), np.argsort(-exact, axis=1, kind="stable")
+    )
+    np.testing.assert_allclose(approximate, exact, rtol=0, atol=1e-12)
+
+
+def test_the_threshold_picks_the_path(monkeypatch):
+    calls = []
+    original = cosine.augment_approximately
+    monkeypatch.setattr(cosine, "augment_approximately", lambda *a: calls.append("approx") or original(*a))
+    train = clustered(200, 8, 4, seed=15)[None]
+    CosineScorer(CosineScorerConfig(neighbours=2, exact_neighbours_below=201)).augmented_train(train)
+    assert calls == []  # N = 200 < 201: exact
+    CosineScorer(CosineScorerConfig(neighbours=2, exact_neighbours_below=200)).augmented_train(train)
+    assert calls == ["approx"]
+    # the default keeps every corpus the tests and the benchmark use on the exact path
+    assert CosineScorerConfig().exact_neighbours_below == 20000
+
+
+def test_the_approximate_search_is_deterministic_and_does_not_depend_on_threads():
+    import faiss
+
+    train = features(1, 3000, 24, seed=16)[0]  # no cluster structure: many near-equal candidates
+    first = cosine.augment_approximately(train, 4)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        single = cosine.augment_approximately(train, 4)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    again = cosine.augment_approximately(train, 4)
+    for other in (single, again):
+        np.testing.assert_array_equal(other[1], first[1])
+        np.testing.assert_array_equal(other[0], first[0])
+    assert np.array_equal(first[1][:, 0], np.arange(3000))  # every row counts itself first
+
+
+def test_a_row_with_too_few_candidates_is_compared_with_every_row(monkeypatch):
+    train = clustered(600, 8, 6, seed=17)
+    real = cosine.neighbour_candidates
+
+    def starved(unit32, count):  # row 3 gets only itself as a candidate
+        found = real(unit32, count)
+        found[3] = -1
+        found[3, 0] = 3
+        return found
+
+    monkeypatch.setattr(cosine, "neighbour_candidates", starved)
+    _, nearest = cosine.augment_approximately(train, 5)
+    np.testing.assert_array_equal(nearest[3], exact_nearest(train, 5)[3])
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_rejects_bad_exact_neighbours_below(value):
+    with pytest.raises(ConfigValueError) as error:
+        CosineScorer(CosineScorerConfig(neighbours=5, exact_neighbours_below=value))
+    assert error.value.field == "exact_neighbours_below"
