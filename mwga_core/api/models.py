@@ -35,6 +35,8 @@ The contract, in model space (``x`` is a clip as the model sees it, channels fir
 
 Built-in implementations (``plugins/models``):
     video_denoiser: a small factorised space/time denoiser on a patchified latent grid, CPU-first.
+    diffusers: your own diffusers pipeline or denoiser folder (Wan, CogVideoX, UNet3D, AnimateDiff,
+        LTX-Video, HunyuanVideo, Mochi) with its VAE, objective and text encoder (docs/own-model.md).
 """
 
 from __future__ import annotations
