@@ -166,21 +166,26 @@ def make_clustered(noise: np.ndarray, clusters: int, seed: int) -> np.ndarray:
 
 
 def exact_augmented_rows(train: np.ndarray, rows: np.ndarray, neighbours: int) -> np.ndarray:
-    """The exact path's augmented rows for ``rows`` only (each compared with all N, in float64 chunks).
+    """The exact path's augmented rows for ``rows`` only: each compared with all N rows in float64,
+    chunk by chunk, keeping each chunk's best ``neighbours + 1`` (ties to the lower row, except between
+    rows tied at a chunk's cut, which a partition may drop either way).
 
     Shape: train (N, P) float32, rows (R,) -> (R, P) float64."""
     from mwga_core.api.scorers import unit_rows
 
     targets = unit_rows(train[rows].astype(np.float64))
-    similarity = np.concatenate(
-        [
-            targets @ unit_rows(train[start : start + GENERATE_CHUNK_ROWS].astype(np.float64)).T
-            for start in range(0, len(train), GENERATE_CHUNK_ROWS)
-        ],
-        axis=1,
-    )
-    similarity[np.arange(len(rows)), rows] = np.inf
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, : neighbours + 1]
+    keep = neighbours + 1
+    best_ids, best_sims = [], []
+    for start in range(0, len(train), GENERATE_CHUNK_ROWS):
+        similarity = targets @ unit_rows(train[start : start + GENERATE_CHUNK_ROWS].astype(np.float64)).T
+        ids = np.arange(start, start + similarity.shape[1])
+        similarity[ids[None, :] == rows[:, None]] = np.inf  # itself first
+        top = np.argpartition(-similarity, min(keep, similarity.shape[1]) - 1, axis=1)[:, :keep]
+        best_ids.append(ids[top])
+        best_sims.append(np.take_along_axis(similarity, top, axis=1))
+    ids, sims = np.concatenate(best_ids, axis=1), np.concatenate(best_sims, axis=1)
+    order = np.lexsort((ids, -sims), axis=1)[:, :keep]
+    nearest = np.take_along_axis(ids, order, axis=1)
     return unit_rows(unit_rows(train[nearest].astype(np.float64)).sum(axis=1))
 
 

@@ -37,6 +37,9 @@ NEIGHBOUR_PROBES = 8
 #: candidates kept per clip by the approximate search beyond itself and its k neighbours, re-ranked in
 #: float64: a float32 near-tie at the k-th place does not lose the true neighbour
 EXTRA_CANDIDATES = 2
+#: float32 similarities of a row's candidates closer than this are ranked again in float64 (float32's
+#: error on a cosine of unit rows is ~1e-6)
+FLOAT32_TIE = 1e-4
 #: seed of the approximate search's k-means: the neighbours depend on the training rows only
 NEIGHBOUR_SEARCH_SEED = 0
 #: rows whose candidates are re-ranked at once
@@ -80,7 +83,7 @@ def augment_with_neighbours(unit_train: np.ndarray, neighbours: int) -> np.ndarr
     return augmented
 
 
-def neighbour_candidates(unit32: np.ndarray, count: int) -> np.ndarray:
+def neighbour_candidates(unit32: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``count`` candidate neighbours of every row (itself among them), from an inverted file.
 
     The rows are split into about sqrt(N) cells by seeded k-means (the IVF training of
@@ -89,7 +92,9 @@ def neighbour_candidates(unit32: np.ndarray, count: int) -> np.ndarray:
     work is done cell by cell: all rows that probe a cell against all rows in it, one matrix product.
 
     Shape:
-        unit32: (N, P) float32 unit rows. returns: (N, count) int64 row ids, -1 where fewer were found.
+        unit32: (N, P) float32 unit rows.
+        returns: (N, count) int64 row ids, best first (-1 where fewer were found), and (N, count)
+        float32 their inner products.
     """
     import faiss
 
@@ -123,7 +128,7 @@ def neighbour_candidates(unit32: np.ndarray, count: int) -> np.ndarray:
     finally:
         faiss.omp_set_num_threads(threads)
     heap.finalize()
-    return heap.I
+    return heap.I, heap.D
 
 
 def augment_approximately(train: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +137,10 @@ def augment_approximately(train: np.ndarray, neighbours: int) -> tuple[np.ndarra
 
     The candidates are ranked as the exact path ranks all rows: by float64 cosine, ties to the lower
     index, the row itself first; so a row whose true neighbours are among its candidates gets the exact
-    path's result bit for bit. A row with too few candidates, or an all-zero row (as similar to every
-    row), is compared with every row.
+    path's result bit for bit. Their float32 similarities decide where every gap between consecutive
+    ones (down to the first left out) exceeds ``FLOAT32_TIE``, far above float32's error; the other rows
+    are ranked on float64 similarities. A row with too few candidates, or an all-zero row (as similar to
+    every row), is compared with every row.
 
     Shape:
         train: (N, P) float32 features.
@@ -149,33 +156,55 @@ def augment_approximately(train: np.ndarray, neighbours: int) -> tuple[np.ndarra
     )
 
     def unit(rows: np.ndarray) -> np.ndarray:  # bit for bit unit_rows(train[rows].astype(float64))
-        features = np.asarray(train[rows], dtype=np.float64)  # a copy: scaled in place
+        features = train[rows].astype(np.float64)  # a copy: scaled in place
         scale = norms[rows][..., None]
+        if scale.all():
+            return np.divide(features, scale, out=features)
         return np.divide(features, scale, out=features, where=scale > 0)  # an all-zero row stays zero
 
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
     unit32 = np.empty(train.shape, dtype=np.float32)
     for start in range(0, n, RERANK_BLOCK_ROWS):
-        unit32[start : start + RERANK_BLOCK_ROWS] = unit(np.arange(start, min(start + RERANK_BLOCK_ROWS, n)))
-    candidates = neighbour_candidates(unit32, k + 1 + EXTRA_CANDIDATES)
+        block = slice(start, start + RERANK_BLOCK_ROWS)
+        np.multiply(train[block], inverse[block, None], out=unit32[block])
+    candidates, similarity32 = neighbour_candidates(unit32, k + 1 + EXTRA_CANDIDATES)
     del unit32
     augmented = np.empty(train.shape, dtype=np.float64)
     nearest = np.empty((n, k + 1), dtype=np.int64)
     for start in range(0, n, RERANK_BLOCK_ROWS):
-        own = np.arange(start, min(start + RERANK_BLOCK_ROWS, n))
-        found = candidates[own]
-        rows, others = unit(own), unit(np.maximum(found, 0))
-        similarity = np.matmul(others, rows[:, :, None])[:, :, 0]
-        similarity[(found < 0) | (found == own[:, None])] = -np.inf
-        order = np.lexsort((found, -similarity), axis=1)[:, :k]
-        nearest[own, 0] = own
-        nearest[own, 1:] = np.take_along_axis(found, order, axis=1)
-        picked = np.concatenate([rows[:, None], np.take_along_axis(others, order[..., None], axis=1)], axis=1)
-        short = ~np.isfinite(np.take_along_axis(similarity, order, axis=1)).all(axis=1) | (norms[own] == 0)
-        for row in np.flatnonzero(short):  # too few candidates, or an all-zero row: compare with every row
-            nearest[own[row]] = _exact_nearest(train, norms, own[row], k)
-            picked[row] = unit(nearest[own[row]])
-        augmented[own] = unit_rows(picked.sum(axis=1))
+        block = slice(start, min(start + RERANK_BLOCK_ROWS, n))
+        own = np.arange(block.start, block.stop)
+        found = candidates[block]
+        similarity = np.where((found < 0) | (found == own[:, None]), -np.inf, similarity32[block])
+        order = np.argsort(-similarity, axis=1, kind="stable")[:, : k + 1]
+        ranked = np.take_along_axis(similarity, order, axis=1)  # the k best others, then the first left out
+        with np.errstate(invalid="ignore"):  # -inf - -inf (no candidate on either side): unsure
+            clear = (np.diff(ranked, axis=1) < -FLOAT32_TIE).all(axis=1)
+        unsure = ~clear | ~np.isfinite(ranked[:, :k]).all(axis=1) | (norms[block] == 0)
+        nearest[block, 0] = own
+        nearest[block, 1:] = np.take_along_axis(found, order[:, :k], axis=1)
+        if unsure.any():
+            nearest[own[unsure]] = _rank_in_float64(train, norms, unit, own[unsure], found[unsure], k)
+        augmented[block] = unit_rows(unit(nearest[block]).sum(axis=1))
     return augmented, nearest
+
+
+def _rank_in_float64(
+    train: np.ndarray, norms: np.ndarray, unit, own: np.ndarray, found: np.ndarray, k: int
+) -> np.ndarray:
+    """Rows ``own`` and their ``k`` most similar other ``found`` candidates by float64 cosine, ties to
+    the lower row; a row with fewer than ``k`` candidates (or all-zero) is compared with every row.
+
+    Shape: own (b,), found (b, c) -> (b, k + 1) int64."""
+    rows, others = unit(own), unit(np.maximum(found, 0))
+    similarity = np.matmul(others, rows[:, :, None])[:, :, 0]
+    similarity[(found < 0) | (found == own[:, None])] = -np.inf
+    order = np.lexsort((found, -similarity), axis=1)[:, :k]
+    nearest = np.concatenate([own[:, None], np.take_along_axis(found, order, axis=1)], axis=1)
+    short = ~np.isfinite(np.take_along_axis(similarity, order, axis=1)).all(axis=1) | (norms[own] == 0)
+    for row in np.flatnonzero(short):
+        nearest[row] = _exact_nearest(train, norms, own[row], k)
+    return nearest
 
 
 def _exact_nearest(train: np.ndarray, norms: np.ndarray, row: int, k: int) -> np.ndarray:

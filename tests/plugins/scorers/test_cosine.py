@@ -188,10 +188,10 @@ def test_a_row_with_too_few_candidates_is_compared_with_every_row(monkeypatch):
     real = cosine.neighbour_candidates
 
     def starved(unit32, count):  # row 3 gets only itself as a candidate
-        found = real(unit32, count)
-        found[3] = -1
-        found[3, 0] = 3
-        return found
+        found, similarity = real(unit32, count)
+        found[3], similarity[3] = -1, -3.4e38  # FAISS's padding
+        found[3, 0], similarity[3, 0] = 3, 1.0
+        return found, similarity
 
     monkeypatch.setattr(cosine, "neighbour_candidates", starved)
     _, nearest = cosine.augment_approximately(train, 5)
