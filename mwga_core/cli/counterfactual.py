@@ -71,7 +71,9 @@ def check_settings(cf: CounterfactualConfig, diffusion_steps: int) -> None:
         raise error.under("counterfactual") from None
     if not cf.methods or any(not method.split() for method in cf.methods):
         raise ConfigValueError(
-            "counterfactual.methods", list(cf.methods), "method presets, each optionally followed by overrides"
+            "counterfactual.methods",
+            list(cf.methods),
+            "method presets, each optionally followed by overrides",
         )
     if len(set(cf.methods)) != len(cf.methods):
         raise ConfigValueError("counterfactual.methods", list(cf.methods), "distinct entries")

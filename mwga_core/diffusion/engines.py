@@ -18,10 +18,11 @@ An engine differentiates a per-example :class:`Objective` (what is differentiate
 An objective is a mean of ``num_terms`` terms (e.g. diffusion timesteps): the batched engine
 differentiates one term at a time, so only one term's activations are alive at once.
 
-Every engine takes optional layer ``factors`` (parameter name -> :class:`~mwga_core.api.projectors.
-LayerFactors`, for weights :func:`~mwga_core.diffusion.per_sample.factor_shape` accepts): those weights'
-columns then hold P_out G P_in^T (k_out * k_in columns) instead of G. The batched engine computes it from
-the projected factors without forming G; the others form G and project it
+Every engine takes optional layer ``factors`` (parameter name ->
+:class:`~mwga_core.api.projectors.LayerFactors`, for weights
+:func:`~mwga_core.diffusion.factorized.factor_shape` accepts): those weights' columns then hold
+P_out G P_in^T (k_out * k_in columns) instead of G. The batched engine computes it from the projected
+factors without forming G (:mod:`mwga_core.diffusion.factorized`); the others form G and project it
 (:func:`project_factored_columns`).
 """
 
@@ -145,7 +146,7 @@ def project_factored_columns(
     """
     import torch
 
-    from mwga_core.diffusion.per_sample import project_weight_gradient
+    from mwga_core.diffusion.factorized import project_weight_gradient
 
     if not factors:
         return grads

@@ -19,12 +19,8 @@ selected parameters, and a closed-form per-sample weight gradient per layer give
 Only the outputs of layers owning selected parameters are differentiated, so nothing below the first
 selected layer is back-propagated and frozen weights get no gradient.
 
-Factorized projection (``factors``): the Linear and Conv weight gradients above are sums over positions
-of an outer product, ``dW_i = sum_s g_i[s] u_i[s]^T`` (u: the input, or a Conv's input window). Given a
-layer's :class:`~mwga_core.api.projectors.LayerFactors` (P_out, P_in), its weight gets
-``P_out dW_i P_in^T = sum_s (P_out g_i[s]) (P_in u_i[s])^T`` instead, (k_out, k_in) per sample, from the
-two projected factors (for a Conv, ``P_in u`` is one convolution of the input with P_in as its kernel):
-dW_i itself is never formed (:func:`factor_shape` says which weights qualify).
+With layer ``factors``, Linear and Conv weights get their projected gradient P_out dW P_in^T from the
+two projected factors instead (:mod:`mwga_core.diffusion.factorized`).
 
 Requirements: samples are independent; every module owning a selected parameter takes its rows on dim 0
 of its tensor arguments (no tensor keyword arguments) and returns one tensor with rows on dim 0; rows are
@@ -64,8 +60,9 @@ def per_sample_gradients(
     objective. With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
     output it comes from: the sum over output positions is taken per cell of an r x r grid over the
     output's last two (spatial) dims, for channel-first layers (Conv, GroupNorm); the r^2 cells sum to
-    the whole gradient. A weight named in ``factors`` (one that :func:`factor_shape` accepts) gets its
-    projected gradient P_out dW P_in^T, computed from the projected factors (see the module docstring).
+    the whole gradient. A weight named in ``factors`` (one that
+    :func:`~mwga_core.diffusion.factorized.factor_shape` accepts) gets its projected gradient
+    P_out dW P_in^T, computed from the projected factors (:mod:`mwga_core.diffusion.factorized`).
 
     Shape:
         losses(forward): (batch,).
@@ -74,14 +71,29 @@ def per_sample_gradients(
         (k_out, k_in) in place of the shape for a name in ``factors``; float32 (the parameter's dtype).
     """
     import torch
+    from torch.autograd.graph import get_gradient_edge
     from torch.func import functional_call
+
+    from mwga_core.diffusion.factorized import (
+        ProjectedInput,
+        factored_gradients,
+        is_plain_conv,
+        is_plain_linear,
+        project_input,
+    )
 
     owners: dict[str, list[tuple[str, str]]] = {}  # module path -> [(attribute, parameter name)]
     for name in params:
         path, _, attribute = name.rpartition(".")
         owners.setdefault(path, []).append((attribute, name))
     leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    captured: list[tuple[str, tuple, torch.Tensor]] = []
+    factors = factors or {}
+    # module path -> the factors of its weight, for layers that take the factorized path
+    projections = {
+        path: factors[name] for path, pairs in owners.items() for attribute, name in pairs if name in factors
+    }
+    #: (path, its inputs or a ProjectedInput, its output or (factorized) the output's gradient edge, rows)
+    captured: list[tuple[str, tuple | ProjectedInput, object, int]] = []
 
     def capture(path: str):
         def hook(_module, args, kwargs, output):
@@ -90,8 +102,19 @@ def per_sample_gradients(
                 raise TypeError(f"engine=batched: {where} returns no single tensor; use engine=vmap")
             if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
                 raise TypeError(f"engine=batched: {where} takes tensor keyword arguments; use engine=vmap")
-            if output.requires_grad:
-                captured.append((path, tuple(a.detach() if torch.is_tensor(a) else a for a in args), output))
+            if not output.requires_grad:
+                return
+            if (
+                path in projections
+                and len(args) == 1
+                and output.shape[0] % batch == 0  # else the loop below refuses the layer
+                and (is_plain_linear(_module) or is_plain_conv(_module))
+            ):
+                projected = project_input(_module, args[0].detach(), projections[path], batch)
+                captured.append((path, projected, get_gradient_edge(output), output.shape[0]))
+            else:
+                inputs = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+                captured.append((path, inputs, output, output.shape[0]))
 
         return hook
 
@@ -110,7 +133,6 @@ def per_sample_gradients(
     if tuple(per_sample.shape) != (batch,):
         raise ValueError(f"losses must return ({batch},) values, got {tuple(per_sample.shape)}")
     cells = (regions * regions,) if regions > 1 else ()
-    factors = factors or {}
     shapes = {
         name: (factors[name].out.shape[0], factors[name].inp.shape[0]) if name in factors else p.shape
         for name, p in params.items()
@@ -121,13 +143,12 @@ def per_sample_gradients(
     }
     if not captured:
         return result
-    outputs = [output for *_, output in captured]
+    outputs = [output for _, _, output, _ in captured]
     grads_out = torch.autograd.grad(per_sample.sum(), outputs, allow_unused=True)
     del outputs, per_sample
-    for (path, args, output), grad_out in zip(captured, grads_out, strict=True):
+    for (path, inputs, _, rows), grad_out in zip(captured, grads_out, strict=True):
         if grad_out is None:
             continue
-        rows = output.shape[0]
         if rows % batch:
             raise ValueError(
                 f"engine=batched: module {path!r} sees {rows} rows, not a multiple of the {batch} samples; "
@@ -137,13 +158,15 @@ def per_sample_gradients(
         mine = {attribute: leaves[name] for attribute, name in owners[path]}
         projected = {attribute: factors[name] for attribute, name in owners[path] if name in factors}
         grad_out = grad_out.detach()
-        if regions == 1:
-            per_cell = [_layer_gradients(owner, mine, args, grad_out, batch, autocast, projected)]
+        masked = (
+            [grad_out]
+            if regions == 1
+            else [grad_out * m for m in _cell_masks(owner, path, grad_out, regions)]
+        )
+        if isinstance(inputs, ProjectedInput):
+            per_cell = [factored_gradients(owner, mine, inputs, g, batch) for g in masked]
         else:
-            per_cell = [
-                _layer_gradients(owner, mine, args, grad_out * mask, batch, autocast, projected)
-                for mask in _cell_masks(owner, path, grad_out, regions)
-            ]
+            per_cell = [_layer_gradients(owner, mine, inputs, g, batch, autocast, projected) for g in masked]
         for attribute, name in owners[path]:
             grad = torch.stack([cell[attribute] for cell in per_cell], dim=1)  # (rows, cells, ...)
             if grad.shape[0] != batch:  # sample-major rows (batch * m, ...): sum each sample's m rows
@@ -180,38 +203,6 @@ def grid_cells(height: int, width: int, regions: int) -> list[torch.Tensor]:
     ]
 
 
-def _is_plain_linear(owner: torch.nn.Module) -> bool:
-    from torch import nn
-
-    return isinstance(owner, nn.Linear) and type(owner).forward is nn.Linear.forward
-
-
-def _is_plain_conv(owner: torch.nn.Module) -> bool:
-    """A Conv1d/2d/3d with its own forward, one group and explicit zero padding."""
-    from torch import nn
-
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return (
-        isinstance(owner, convs)
-        and type(owner).forward in (conv.forward for conv in convs)
-        and owner.groups == 1
-        and owner.padding_mode == "zeros"
-        and not isinstance(owner.padding, str)
-    )
-
-
-def factor_shape(module: torch.nn.Module, name: str) -> tuple[int, int] | None:
-    """(d_out, d_in) of the weight ``name`` when its per-sample gradient has the factor form
-    ``sum_s g[s] u[s]^T`` this module computes in closed form: the weight of a Linear (d_in: in_features)
-    or of a Conv (d_in: C_in x kernel size, the weight's flattened trailing dims); None otherwise."""
-    path, _, attribute = name.rpartition(".")
-    owner = module.get_submodule(path)
-    if attribute != "weight" or not (_is_plain_linear(owner) or _is_plain_conv(owner)):
-        return None
-    weight = owner.weight
-    return int(weight.shape[0]), int(weight[0].numel())
-
-
 def _layer_gradients(
     owner: torch.nn.Module,
     mine: dict[str, torch.Tensor],
@@ -229,71 +220,43 @@ def _layer_gradients(
     """
     from torch import nn
 
+    from mwga_core.diffusion.factorized import is_plain_conv, is_plain_linear, project_weight_gradient
+
+    grads = None
     if set(mine) <= {"weight", "bias"} and len(args) == 1:
-        if _is_plain_linear(owner):
-            return _linear_gradients(args[0], grad_out, mine, batch, factors)
-        if _is_plain_conv(owner):
-            return _conv_gradients(owner, args[0], grad_out, mine, factors)
-        if isinstance(owner, nn.GroupNorm) and owner.affine:
+        if is_plain_linear(owner):
+            grads = _linear_gradients(args[0], grad_out, mine, batch)
+        elif is_plain_conv(owner):
+            grads = _conv_gradients(owner, args[0], grad_out, mine)
+        elif isinstance(owner, nn.GroupNorm) and owner.affine:
             grads = _group_norm_gradients(owner, args[0], grad_out, mine, autocast)
-            return _project_weights(grads, factors)
-    return _project_weights(_module_vjp_gradients(owner, mine, args, grad_out, autocast), factors)
-
-
-def _project_weights(grads: dict[str, torch.Tensor], factors: Mapping[str, LayerFactors]) -> dict:
-    """The gradients of the attributes in ``factors`` projected from their materialised form (a layer
-    that did not take the factorized path)."""
+    if grads is None:
+        grads = _module_vjp_gradients(owner, mine, args, grad_out, autocast)
+    if not factors:
+        return grads
+    # a layer the factorized path did not take (its call did not fit it): project the materialised form
     return {a: project_weight_gradient(g, factors[a]) if a in factors else g for a, g in grads.items()}
 
 
-def project_weight_gradient(grad: torch.Tensor, factors: LayerFactors) -> torch.Tensor:
-    """P_out G P_in^T for each row's materialised weight gradient G (d_out, d_in: the trailing dims
-    flattened), the reference the factorized path equals.
-
-    Shape: grad (N, d_out, ...) -> (N, k_out, k_in).
-    """
-    rows = grad.reshape(grad.shape[0], factors.out.shape[1], -1)
-    return factors.out @ rows @ factors.inp.T
-
-
-def _linear_gradients(
-    x: torch.Tensor, grad_out: torch.Tensor, mine: dict, n: int, factors: Mapping[str, LayerFactors]
-) -> dict[str, torch.Tensor]:
-    """Shape: x (N, ..., in), grad_out (N, ..., out), N = n * m -> weight (n, out, in) or, projected,
-    (n, k_out, k_in); bias (n, out)."""
+def _linear_gradients(x: torch.Tensor, grad_out: torch.Tensor, mine: dict, n: int) -> dict[str, torch.Tensor]:
+    """Shape: x (N, ..., in), grad_out (N, ..., out), N = n * m -> weight (n, out, in), bias (n, out)."""
     g = grad_out.float().reshape(n, -1, grad_out.shape[-1])
     out = {}
-    if "weight" in factors:  # sum over tokens of (P_out g)(P_in x)^T
-        projected_in = x.float().reshape(n, -1, x.shape[-1]) @ factors["weight"].inp.T
-        out["weight"] = (g @ factors["weight"].out.T).transpose(1, 2).bmm(projected_in)
-    elif "weight" in mine:
+    if "weight" in mine:
         out["weight"] = g.transpose(1, 2).bmm(x.float().reshape(n, -1, x.shape[-1]))
     if "bias" in mine:
         out["bias"] = g.sum(dim=1)
     return out
 
 
-def _conv_gradients(
-    conv, x: torch.Tensor, grad_out: torch.Tensor, mine: dict, factors: Mapping[str, LayerFactors]
-) -> dict[str, torch.Tensor]:
-    """Shape: x (N, C_in, *S), grad_out (N, C_out, *S') -> weight (N, C_out, C_in, *K) or, projected,
-    (N, k_out, k_in); bias (N, C_out)."""
+def _conv_gradients(conv, x: torch.Tensor, grad_out: torch.Tensor, mine: dict) -> dict[str, torch.Tensor]:
+    """Shape: x (N, C_in, *S), grad_out (N, C_out, *S') -> weight (N, C_out, C_in, *K), bias (N, C_out)."""
     import torch
 
     n, c_out, *spatial = grad_out.shape
     g = grad_out.float().reshape(n, c_out, -1)
     out = {}
-    if "weight" in factors:
-        # P_in u[s] for every output position s is the convolution of the input with P_in as its kernel
-        # (k_in output channels, the layer's stride, padding and dilation): no input window is unfolded.
-        projection = factors["weight"]
-        kernel = projection.inp.reshape(-1, *conv.weight.shape[1:])
-        convolve = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)
-        projected_in = convolve[len(spatial) - 1](
-            x.float(), kernel, None, conv.stride, conv.padding, conv.dilation
-        ).reshape(n, kernel.shape[0], -1)
-        out["weight"] = (projection.out @ g).bmm(projected_in.transpose(1, 2))
-    elif "weight" in mine and all(k == 1 for k in conv.kernel_size[1:]):
+    if "weight" in mine and all(k == 1 for k in conv.kernel_size[1:]):
         # dW[o, c, k] = sum_s g[o, s] x_pad[c, s * stride + k * dilation]: a kernel along the first dim
         # only makes every window a strided view, so one batched matmul per offset needs no copy.
         pad = [p for size in reversed(conv.padding) for p in (size, size)]

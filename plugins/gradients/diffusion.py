@@ -23,7 +23,7 @@ composed from the pieces of :mod:`mwga_core.diffusion`:
 
 With a factorized projector (``projection=kronecker``), the pipeline calls
 :meth:`DiffusionGradient.iter_reduced_gradients` instead of ``iter_gradients``: every Linear / Conv weight
-(:func:`~mwga_core.diffusion.per_sample.factor_shape`) is projected per term, P_out G P_in^T, by the
+(:func:`~mwga_core.diffusion.factorized.factor_shape`) is projected per term, P_out G P_in^T, by the
 engine from the layer's factors (``batched``: G is never formed), before the contrasts, regions, clip
 scales and checkpoints combine the terms; all of those are linear, so this equals projecting the
 finished gradient's blocks. Every other column is as ``iter_gradients`` yields it.
@@ -73,9 +73,9 @@ from mwga_core.diffusion.engines import (
     SelectedParameters,
     make_engine,
 )
+from mwga_core.diffusion.factorized import factor_shape
 from mwga_core.diffusion.model_inputs import encode_clips, encode_counterparts
 from mwga_core.diffusion.objectives import OUTPUT_FUNCTIONS, DiffusionObjective, motion_mask, shared_noise
-from mwga_core.diffusion.per_sample import factor_shape
 
 if TYPE_CHECKING:
     import torch

@@ -4,9 +4,11 @@ The adapter reads ``model.path`` (:mod:`.folder`), picks the denoiser's family (
 objective from the scheduler config (:mod:`.objectives`), its VAE (:mod:`.latents`; none: pixel space)
 and its text conditioning (:mod:`.conditioning`), and hands mwga a module
 ``forward(x_t, t, labels, **condition)`` that maps mwga's timestep index t to the family's timestep,
-fills in the shared inputs and returns the family's prediction. It only loads trained weights
-(``can_train`` is False): the folder's own, or ``model.checkpoint``'s (a fine-tuned denoiser), whose
-content names the model (:meth:`DiffusersAdapter.pretrained`).
+fills in the shared inputs and returns the family's prediction. With a folder it only loads trained
+weights: the folder's own, or ``model.checkpoint``'s (a fine-tuned denoiser), whose content names the
+model (:meth:`DiffusersAdapter.pretrained`). With ``model.architecture`` instead (:mod:`.architectures`)
+there is no folder: mwga builds a small denoiser of that architecture and trains it on the corpus
+(``can_train`` is True), in pixel space, with the family's objective and an all-zero text embedding.
 
 ``diffusers`` (and ``transformers`` for text encoders) are imported when a model is loaded, never when
 this module is imported.
@@ -18,10 +20,19 @@ import functools
 import importlib.util
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from mwga_plugins.models.diffusers.architectures import (
+    ARCHITECTURE_NAMES,
+    ARCHITECTURE_TEXT_LENGTH,
+    architecture_folder,
+    build_fresh_denoiser,
+    check_architecture_fields,
+    resolve_architecture,
+    unwrapped,
+)
 from mwga_plugins.models.diffusers.conditioning import TextConditioning
 from mwga_plugins.models.diffusers.families import SharedInputs, family_of
 from mwga_plugins.models.diffusers.folder import ModelFolder, weight_files
@@ -74,6 +85,15 @@ class DiffusersModelConfig(ModelConfig):
     embedded_guidance: float = field(default=6.0, metadata=at_least(0))
     #: LTX-Video's frame-rate micro-condition (its rope scale)
     frame_rate: float = field(default=25.0, metadata=above(0))
+    #: a denoiser architecture for mwga to build and train on the corpus, with no folder ("wan"); "" =
+    #: load model.path
+    architecture: str = field(default="", metadata=one_of(*ARCHITECTURE_NAMES))
+    #: from_config arguments of the architecture's class that replace its tiny defaults
+    #: (e.g. {num_layers: 4, ffn_dim: 128}); with ``architecture`` only
+    architecture_config: dict[str, Any] = field(default_factory=dict)
+    #: the flow schedule's shift of a trained architecture: sigma_t = s u / (1 + (s - 1) u),
+    #: u = (t + 1) / N; 1 = sigma uniform (with ``architecture`` only; a folder's scheduler decides)
+    flow_shift: float = field(default=1.0, metadata=above(0))
 
 
 class DiffusersAdapter(ModelAdapter):
@@ -89,7 +109,17 @@ class DiffusersAdapter(ModelAdapter):
             raise ConfigValueError("conditional", True, "false: a diffusers model is conditioned on text")
         if config.context_frames:
             raise ConfigValueError("context_frames", config.context_frames, "0 for model=diffusers")
-        self.folder = ModelFolder.read(config.path)
+        check_architecture_fields(config)
+        text_length = config.text_length
+        if config.architecture:
+            # the adapter's config holds the whole architecture, so the model store key hashes all of it
+            resolved = resolve_architecture(config.architecture, config.architecture_config)
+            self.config = config = replace(config, architecture_config=resolved)
+            self.folder = architecture_folder(config.architecture, resolved, config.flow_shift)
+            self.can_train = True
+            text_length = text_length or ARCHITECTURE_TEXT_LENGTH
+        else:
+            self.folder = ModelFolder.read(config.path)
         self.family = family_of(self.folder.denoiser_config, f"model.path={config.path}")
         scheduler = self.folder.scheduler_config or self.family.default_scheduler
         self.objective = make_objective(config.objective, scheduler, config.diffusion_steps)
@@ -121,19 +151,22 @@ class DiffusersAdapter(ModelAdapter):
             config.captions,
             config.embeddings,
             config.prompt,
-            config.text_length,
+            text_length,
             device,
         )
         self._shared_condition: dict[str, torch.Tensor] | None = None
 
     # -- weights ------------------------------------------------------------------------------------
 
-    def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> PretrainedWeights:
-        """The folder's denoiser weights, or ``model.checkpoint``'s; the key hashes their content."""
+    def pretrained(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> PretrainedWeights | None:
+        """The folder's denoiser weights, or ``model.checkpoint``'s; the key hashes their content. None for
+        an architecture without a checkpoint: the ``model`` stage trains it."""
         from mwga_core.storage.keys import digest
         from mwga_core.storage.weights_file import check_weights_path, content_hash, read_weights
 
         self.model_shape(clip_shape)  # a clip shape the model cannot take is named before any work
+        if self.config.architecture and not self.config.checkpoint:
+            return None
         if self.config.checkpoint:
             path = check_weights_path(self.config.checkpoint)
             files, weights = [path], read_weights(path)
@@ -154,14 +187,34 @@ class DiffusersAdapter(ModelAdapter):
         )
         return PretrainedWeights(key=key, checkpoints={0: weights})
 
+    def build_fresh(self, clip_shape: tuple[int, int, int, int], num_classes: int) -> torch.nn.Module:
+        """A freshly initialised denoiser of ``model.architecture``, wrapped (see :func:`wrap`); the
+        trainer seeds torch's random numbers."""
+        if not self.config.architecture:
+            return super().build_fresh(clip_shape, num_classes)  # raises ModelCannotTrainError
+        self.model_shape(clip_shape)
+        denoiser = build_fresh_denoiser(self.family.denoiser_class, self.folder.denoiser_config)
+        return self._wrapped(denoiser)
+
     def load(
         self, weights: Mapping[str, torch.Tensor], clip_shape: tuple[int, int, int, int], num_classes: int
     ) -> torch.nn.Module:
-        """The denoiser built from the folder's config holding ``weights``, wrapped (see :func:`wrap`)."""
+        """The denoiser built from the folder's config holding ``weights``, wrapped (see :func:`wrap`).
+
+        With ``model.architecture``, ``weights`` may be the trained wrapper's state dict (what the model
+        store holds, names prefixed ``denoiser.``) or the diffusers denoiser's own."""
+        if self.config.architecture:
+            weights = unwrapped(weights)
+        denoiser = build_denoiser(self.family.denoiser_class, self.folder.denoiser_config, weights)
+        return self._wrapped(denoiser)
+
+    def _wrapped(self, denoiser: torch.nn.Module) -> torch.nn.Module:
         # torch.func runs attention without a batching rule one example at a time and says so at every
         # call: that is what vmap can do here, not something a user can act on
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-        denoiser = build_denoiser(self.family.denoiser_class, self.folder.denoiser_config, weights)
+        # bf16 autocast (training.bf16) feeds RMSNorm bf16 input with float32 gains: torch then takes its
+        # unfused path, correct and said at every call
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
         if self._shared_condition is None:
             self._shared_condition = self.text.shared()
         return wrap(denoiser, self)
@@ -177,7 +230,7 @@ class DiffusersAdapter(ModelAdapter):
     def model_shape(self, clip_shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """(C, T, H, W) in model space: the VAE's latent grid, or the frames; checked against the
         denoiser's channels and patch size."""
-        where = f"model.path={self.config.path}"
+        where = self._where()
         if self.codec is not None:
             shape = self.codec.latent_shape(clip_shape)
         else:
@@ -185,8 +238,11 @@ class DiffusersAdapter(ModelAdapter):
             shape = (self.family.in_channels if colours == 1 else colours, frames, height, width)
         if shape[0] != self.family.in_channels:
             source = "the VAE's latents have" if self.codec is not None else "the clips have"
+            hint = (
+                f" (set model.architecture_config.in_channels={shape[0]})" if self.config.architecture else ""
+            )
             raise DataError(
-                f"{where}: {source} {shape[0]} channels; the denoiser takes {self.family.in_channels}"
+                f"{where}: {source} {shape[0]} channels; the denoiser takes {self.family.in_channels}{hint}"
             )
         patch = self.family.patch()
         if any(size % p for size, p in zip(shape[1:], patch, strict=True)):
@@ -195,6 +251,12 @@ class DiffusersAdapter(ModelAdapter):
                 f"patch {patch}: change dataset.num_frames / dataset.size"
             )
         return shape
+
+    def _where(self) -> str:
+        """The config field that names the model, for messages."""
+        if self.config.architecture:
+            return f"model.architecture={self.config.architecture}"
+        return f"model.path={self.config.path}"
 
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         if self.codec is not None:

@@ -119,7 +119,7 @@ def make_objective(requested: str, scheduler: dict[str, Any], steps: int) -> Obj
 
     n = int(scheduler.get("num_train_timesteps", 1000))
     if steps != n:
-        raise ConfigValueError("model.diffusion_steps", steps, f"{n}, the scheduler's num_train_timesteps")
+        raise ConfigValueError("diffusion_steps", steps, f"{n}, the scheduler's num_train_timesteps")
     kind = objective_kind(scheduler) if requested == "auto" else requested
     if kind in FLOW_KINDS:
         u = torch.arange(1, n + 1, dtype=torch.float64) / n

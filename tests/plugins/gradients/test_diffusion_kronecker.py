@@ -13,7 +13,7 @@ from mwga_plugins.projectors.kronecker import KroneckerProjector, KroneckerProje
 from test_diffusion_gradient import gradients, source
 
 from mwga_core.api.context import RunContext
-from mwga_core.diffusion.per_sample import factor_shape
+from mwga_core.diffusion.factorized import factor_shape
 from mwga_core.pipeline.featurize import LocalExecutor, featurize
 from mwga_core.pipeline.stages import RawGradients
 from mwga_core.storage.stage_cache import StageCache

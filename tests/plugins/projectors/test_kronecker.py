@@ -16,7 +16,8 @@ from torch import nn
 from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.projectors import FactorizedProjector, factorizes
-from mwga_core.diffusion.per_sample import factor_shape, per_sample_gradients, project_weight_gradient
+from mwga_core.diffusion.factorized import factor_shape, project_weight_gradient
+from mwga_core.diffusion.per_sample import per_sample_gradients
 
 
 def random_rows(n: int, d: int, seed: int) -> torch.Tensor:
