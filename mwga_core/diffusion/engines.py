@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mwga_core.api.errors import ConfigValueError
+from mwga_core.diffusion.per_sample import UnsupportedLayerError
 
 if TYPE_CHECKING:
     import torch
@@ -351,6 +352,8 @@ class CheckedEngine:
     ) -> None:
         self.fast, self.reference, self.tolerance, self.field = fast, reference, tolerance, field
         self.checked = False
+        #: the engine used instead when the batched one cannot handle the model (set by the first call)
+        self.instead: VmapWithFallback | None = None
 
     def gradients(
         self,
@@ -359,9 +362,25 @@ class CheckedEngine:
         batch: ExampleBatch,
         factors: Factors | None = None,
     ) -> torch.Tensor:
-        """As :meth:`BatchedEngine.gradients` (the check compares the unprojected gradients)."""
+        """As :meth:`BatchedEngine.gradients` (the check compares the unprojected gradients).
+
+        A model the batched engine cannot differentiate at all (a selected layer that returns no single
+        tensor or takes tensor keyword arguments, as transformer blocks do) is handed to the vmap engine
+        (falling back to the loop), with a warning; with position cells, which only the batched engine
+        makes, that is a :class:`ConfigValueError` instead.
+        """
+        if self.instead is not None:
+            return self.instead.gradients(selection, objective, batch, factors)
         if not self.checked:
-            self._check(selection, objective, batch)
+            try:
+                self._check(selection, objective, batch)
+            except UnsupportedLayerError as error:
+                if self.fast.position_cells > 1:
+                    raise ConfigValueError("gradient.region_split", "position", f"loss: {error}") from None
+                warnings.warn(f"{error}; computing per-example gradients with engine=vmap", stacklevel=2)
+                plain = {f.name: getattr(self.reference, f.name) for f in dataclasses.fields(self.reference)}
+                self.instead = VmapWithFallback(self.reference, LoopEngine(**plain))
+                return self.instead.gradients(selection, objective, batch, factors)
             self.checked = True
         return self.fast.gradients(selection, objective, batch, factors)
 

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 Forward = Callable[..., "torch.Tensor"]
 
 
+class UnsupportedLayerError(TypeError):
+    """A layer that owns selected parameters has a form the batched engine cannot read its per-sample
+    gradient from (no single output tensor, tensor keyword arguments); the vmap engine can."""
+
+
 def per_sample_gradients(
     module: torch.nn.Module,
     params: dict[str, torch.Tensor],
@@ -99,9 +104,9 @@ def per_sample_gradients(
         def hook(_module, args, kwargs, output):
             where = f"module {path or type(module).__name__!r}"
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"engine=batched: {where} returns no single tensor; use engine=vmap")
+                raise UnsupportedLayerError(f"engine=batched: {where} returns no single tensor")
             if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
-                raise TypeError(f"engine=batched: {where} takes tensor keyword arguments; use engine=vmap")
+                raise UnsupportedLayerError(f"engine=batched: {where} takes tensor keyword arguments")
             if not output.requires_grad:
                 return
             if (

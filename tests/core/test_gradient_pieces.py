@@ -323,3 +323,43 @@ def test_loss_regions_equal_a_per_cell_loop_and_sum_to_the_whole(batch) -> None:
     torch.testing.assert_close(split, torch.cat(cells, dim=1))
     torch.testing.assert_close(split.reshape(N, 4, 3).sum(1), toy_gradient(batch), rtol=1e-5, atol=1e-4)
     assert LossRegions(1, (5, 16, 16)).wrap(toy_gradient) is toy_gradient
+
+
+class TupleBlock(torch.nn.Module):
+    """A block that owns a parameter and returns a tuple, as transformer blocks do (Wan's modulation
+    table): the batched engine cannot read its per-sample gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return x * self.table, x
+
+
+class TupleDenoiser(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = TupleBlock()
+
+    def forward(self, x, t, labels=None):
+        return self.block(x)[0]
+
+
+def test_the_batched_engine_hands_a_model_it_cannot_read_to_vmap_with_a_warning(adapter, batch) -> None:
+    torch.manual_seed(0)
+    model = TupleDenoiser()
+    selection = SelectedParameters.of(model, ["block.table"])
+    objective = objective_of(adapter)
+    engine = make_engine("batched", EngineSettings(chunk_size=2))
+    with pytest.warns(
+        UserWarning, match="returns no single tensor; computing per-example gradients with engine=vmap"
+    ):
+        handed = engine.gradients(selection, objective, batch)
+    torch.testing.assert_close(
+        handed, LoopEngine().gradients(selection, objective, batch), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(ConfigValueError, match="region_split"):
+        make_engine("batched", EngineSettings(chunk_size=2), position_cells=2).gradients(
+            selection, objective, batch
+        )
