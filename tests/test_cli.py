@@ -82,7 +82,7 @@ def test_default_run(tmp_path: Path) -> None:
     )
     assert results["config"]["gradient"]["name"] == "diffusion"
     assert results["config"]["model"]["conditional"] is False
-    assert results["config"]["scorer"] == {"name": "cosine", "neighbours": 5}
+    assert results["config"]["scorer"] == {"name": "cosine", "neighbours": 5, "exact_neighbours_below": 20000}
     mean = results["metrics"]["mean"]
     assert list(mean) == ["P@5", "P@10", "P@20", "R@20", "MRR", "NDCG@20", "score_gap", "mean_gt_rank"]
     assert list(results["metrics"]["per_pattern"]) == list(PATTERNS)
