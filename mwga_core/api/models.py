@@ -437,14 +437,9 @@ def weights_in_memory(weights: Weights) -> Mapping[str, torch.Tensor]:
     return weights
 
 
-def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Load ``weights`` into ``module`` (strict), or raise a :class:`DataError` naming what does not fit.
-
-    Args:
-        origin: what the weights are, for the message (a file name, ``"weights for VideoDenoiserAdapter"``).
-
-    The message lists up to :data:`SHOWN_KEYS` missing keys, unexpected keys and keys whose shape differs.
-    """
+def weights_mismatch(module: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``weights`` from loading strictly into ``module``: up to :data:`SHOWN_KEYS` missing
+    keys, unexpected keys and keys whose shape differs, one string per kind; [] when they fit."""
     expected = module.state_dict()
     missing = [name for name in expected if name not in weights]
     unexpected = [name for name in weights if name not in expected]
@@ -453,11 +448,22 @@ def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], o
         for name, tensor in expected.items()
         if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
     ]
-    problems = [
+    return [
         f"{label}: {', '.join(names[:SHOWN_KEYS])}{' ...' if len(names) > SHOWN_KEYS else ''}"
         for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
         if names
     ]
+
+
+def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Load ``weights`` into ``module`` (strict), or raise a :class:`DataError` naming what does not fit.
+
+    Args:
+        origin: what the weights are, for the message (a file name, ``"weights for VideoDenoiserAdapter"``).
+
+    The message lists up to :data:`SHOWN_KEYS` missing keys, unexpected keys and keys whose shape differs.
+    """
+    problems = weights_mismatch(module, weights)
     if problems:
         raise DataError(f"{origin} do not fit {type(module).__name__}: " + "; ".join(problems) + ".")
     module.load_state_dict(dict(weights))

@@ -40,7 +40,7 @@ from mwga_plugins.models.diffusers.latents import FRAME_POLICIES, LatentCodec, p
 from mwga_plugins.models.diffusers.objectives import OBJECTIVES, make_objective
 
 from mwga_core.api.errors import ConfigValueError, DataError, MwgaUserError
-from mwga_core.api.models import ModelAdapter, ModelConfig, PretrainedWeights
+from mwga_core.api.models import ModelAdapter, ModelConfig, PretrainedWeights, weights_mismatch
 from mwga_core.config.checks import above, at_least, one_of
 
 if TYPE_CHECKING:
@@ -347,19 +347,7 @@ def build_denoiser(
 
 
 def _check_fit(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], class_name: str) -> None:
-    expected = module.state_dict()
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    reshaped = [
-        f"{name} {tuple(weights[name].shape)} (model: {tuple(tensor.shape)})"
-        for name, tensor in expected.items()
-        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
-        if names
-    ]
+    problems = weights_mismatch(module, weights)
     if problems:
         raise DataError(f"the weights do not fit the folder's {class_name}: " + "; ".join(problems))
 
