@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCHES = Path(__file__).resolve().parents[1] / "benches"
 
 
@@ -47,3 +49,27 @@ def test_startup_bench_prints_both_sides_and_their_ratio(tmp_path: Path) -> None
     ratio = report["help_seconds"] / report["import_hydra_seconds"]
     assert abs(report["help_over_import_hydra"] - ratio) < 0.01 * ratio + 0.01
     assert report["plugins_seconds"] > 0 and "cached_run_seconds" not in report
+
+
+def test_opposite_direction_probe_reports_each_removal_kind(tmp_path: Path) -> None:
+    report = run_bench(
+        "opposite_direction.py", "--k", "2", "dataset.num_clips=48", "model.training.steps=4",
+        "model.training.checkpoints=[]", "counterfactual.timesteps=[50]", f"cache.dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert report["k"] == 2 and report["queries"] == 25  # 5 queries of each of the 5 directional classes
+    kinds = {"same_sense", "opposite_sense", "other_class", "control"}
+    assert set(report["mean_delta"]) == kinds and set(report["sem_delta"]) == kinds
+    for by_output in report["mean_delta"].values():
+        assert set(by_output) == {"loss", "motion"} and all(np.isfinite(v) for v in by_output.values())
+    assert set(report["per_class"]) == {
+        "horizontal_pan",
+        "vertical_tilt",
+        "diagonal_slide",
+        "rotation_cw",
+        "zoom_in",
+    }
+    assert report["per_class"]["rotation_cw"]["dominant_summary"] == "curl"
+    assert report["per_class"]["zoom_in"]["dominant_summary"] == "divergence"
+    # the full model, two senses of five classes and one control: all trained here, none twice
+    assert report["models"]["trained"] == 12 and report["models"]["cached"] == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mwga_core.api.context import RunContext
+from mwga_core.counterfactual.direction import clip_senses, flow_summaries
 from mwga_core.counterfactual.lds import (
     average_ranks,
     bootstrap_interval,
@@ -120,3 +121,26 @@ def test_still_frames_repeat_the_middle_frame() -> None:
     frames = np.random.default_rng(0).random((2, 5, 4, 4, 1)).astype(np.float32)
     still = still_frames(frames)
     assert still.shape == frames.shape and (still == frames[:, 2:3]).all()
+
+
+def affine_flow(a: np.ndarray, shift: tuple[float, float], size: int = 9, steps: int = 2) -> np.ndarray:
+    """Flow (1, steps, size, size, 2) of u = a00 x + a01 y + du, v = a10 x + a11 y + dv about the centre."""
+    y, x = np.meshgrid(np.arange(size) - (size - 1) / 2, np.arange(size) - (size - 1) / 2, indexing="ij")
+    u = a[0, 0] * x + a[0, 1] * y + shift[0]
+    v = a[1, 0] * x + a[1, 1] * y + shift[1]
+    return np.broadcast_to(np.stack([u, v], axis=-1), (1, steps, size, size, 2)).copy()
+
+
+def test_clip_senses_read_each_motions_direction_from_its_flow() -> None:
+    pan = [affine_flow(np.zeros((2, 2)), (s, 0.0)) for s in (1.5, -0.7, 2.0)]
+    spin = [affine_flow(np.array([[0.0, -w], [w, 0.0]]), (0.0, 0.0)) for w in (0.05, -0.08)]
+    zoom = [affine_flow(np.eye(2) * r, (0.0, 0.0)) for r in (-0.04, 0.06)]
+    flow = np.concatenate(pan + spin + zoom)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    senses, dominant = clip_senses(flow, labels)
+    assert dominant == {0: "horizontal", 1: "curl", 2: "divergence"}
+    assert senses.tolist() == [1, -1, 1, 1, -1, -1, 1]
+    summaries = flow_summaries(flow)
+    np.testing.assert_allclose(summaries[0], [1.5, 0.0, 0.0, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        flow_summaries(flow[..., 0])
