@@ -1,10 +1,11 @@
 """``mwga attribute <index-dir> <query...> [--top-k 20] [--out DIR] [--percentile P] [--votes-k K]
-[--caption TEXT]``.
+[--caption TEXT] [--html]``.
 
 Ranks the clips of an index (made by ``mwga index``) for one or several query videos with
 :mod:`mwga_core.retrieval.attribute`, prints a table per query, writes attribution.json/.csv, the
-selected subset of several queries' majority vote and one contact sheet per query: all of them or, when
-anything fails (a query that cannot be read or shows no motion, a full disk), none.
+selected subset of several queries' majority vote, one contact sheet per query and, with ``--html``,
+report.html (:mod:`mwga_core.reporting.html_report`): all of them or, when anything fails (a query that
+cannot be read or shows no motion, a full disk), none.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from mwga_core.api.context import RunContext
+from mwga_core.api.datasets import require_clip_reader
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.progress import progress_wanted
+from mwga_core.api.scorers import Scorer
 from mwga_core.cli.messages import stderr
 from mwga_core.config.compose import from_container
 from mwga_core.config.schema import cache_path
@@ -30,6 +34,7 @@ from mwga_core.retrieval.attribute import (
     attribute,
     clip_label,
     featurize_queries,
+    index_clip_frames,
     output_files,
     query_sheet_row,
     safe_name,
@@ -38,6 +43,9 @@ from mwga_core.retrieval.attribute import (
     write_all_or_none,
 )
 from mwga_core.storage.index_store import IndexData, load_index
+
+#: vote-subset clips report.html shows at most
+HTML_SELECTED = 20
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -65,6 +73,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--caption",
         default=None,
         help="the queries' text prompt, for a text-conditioned model (model=diffusers: sets model.prompt)",
+    )
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html: queries, flow and top clips looping, score bars, region maps",
     )
     return parser
 
@@ -132,6 +145,81 @@ def contact_sheets(result, index, queries, components, ctx: RunContext, shown: i
     return sheets
 
 
+def all_clip_scores(query: np.ndarray, train: np.ndarray, scorer: Scorer, ctx: RunContext) -> np.ndarray:
+    """Every indexed clip's score, a block of clips at a time (``scorer`` after its whole-index step
+    scores any subset as the whole). Shape: query (K, Q, P), train (K, N, P) -> (Q, N) float64."""
+    block = 4096
+    return np.concatenate(
+        [
+            np.asarray(scorer.score(query, train[:, start : start + block], ctx), dtype=np.float64)
+            for start in range(0, train.shape[1], block)
+        ],
+        axis=1,
+    )
+
+
+def html_report(result, index, queries, features, components, prepared, ctx: RunContext) -> str:
+    """report.html: each query with its flow, motion mask (MOTIVE's ``weighting=mask``), top clips, score
+    distribution and per-region maps (:mod:`mwga_core.retrieval.regions`), and the vote subset."""
+    from mwga_core.diffusion.objectives import motion_mask
+    from mwga_core.reporting.html_report import ReportPage, ShownClip, ShownQuery, render_page
+    from mwga_core.retrieval import regions
+
+    config = index.manifest["config"]
+    if prepared is not None:
+        scorer, train = prepared.scorer, prepared.features
+    else:
+        scorer, train = components.scorer.per_clip(index.features, ctx)
+    scores = all_clip_scores(features, train, scorer, ctx)
+    reader = require_clip_reader(components.dataset)
+    rows = {int(r) for r in result.top_rows.ravel()} | {int(r) for r in result.selected[:HTML_SELECTED]}
+    frames = {row: index_clip_frames(index, row, reader) for row in sorted(rows)}
+
+    def shown(row: int, score: float, **extra) -> ShownClip:
+        clip_id = index.clips[row]["id"]
+        return ShownClip(clip_id, clip_id, float(score), frames[int(row)], clip_label(index, row), **extra)
+
+    layout = regions.region_layout(components.gradient.config)
+    maps: np.ndarray | str = layout if isinstance(layout, str) else ""
+    if not isinstance(layout, str):
+        try:
+            cells = regions.query_region_features(
+                components.gradient, components.projector, queries, layout, ctx
+            )
+        except ValueError as error:  # not the (parts, cells, D) layout: say so, draw nothing
+            maps = f"{error}: no per-region map"
+        else:
+            top_train = [train[:, top] for top in result.top_rows]
+            maps = regions.region_contributions(cells, features, top_train, result.top_scores, scorer)
+    page = ReportPage(
+        f"mwga attribute: {len(result.query_ids)} {'query' if len(result.query_ids) == 1 else 'queries'}",
+        [("index", str(index.path)), ("clips", str(len(index.clips))), ("scorer", config["scorer"]["name"])],
+        notes=[maps if isinstance(maps, str) else regions.region_note(layout[1])],
+    )
+    masked = getattr(components.gradient.config, "weighting", None) == "mask" and queries.flows is not None
+    clips = queries.clips
+    for q, query_id in enumerate(result.query_ids):
+        top = [
+            shown(row, score, regions=None if isinstance(maps, str) else maps[q, j].reshape(layout[1], -1))
+            for j, (row, score) in enumerate(zip(result.top_rows[q], result.top_scores[q], strict=True))
+        ]
+        flow = None if queries.flows is None else queries.flows[q]
+        query = ShownQuery(
+            query_id, clips.frames[q], flow, scores[q], top, flow_title=f"flow ({config['motion']['name']})"
+        )
+        if masked:
+            query.mask = motion_mask(queries.flows[q : q + 1], clips.frames.shape[1:4])[0]
+        page.queries.append(query)
+    if len(result.query_ids) > 1:
+        selected = result.selected[:HTML_SELECTED]
+        page.selected = [
+            shown(row, mean, votes=int(result.votes[row]))
+            for row, mean in zip(selected, result.selected_mean_scores, strict=False)
+        ]
+        page.selected_title = f"Majority-vote subset: {len(selected)} of {len(result.selected)} clips"
+    return render_page(page)
+
+
 def attribute_command(args: list[str]) -> int:
     """``mwga attribute``: featurize the queries with the index's config, rank, vote, write the outputs."""
     options = make_parser().parse_intermixed_args(args)
@@ -157,6 +245,7 @@ def attribute_command(args: list[str]) -> int:
     start = time.perf_counter()
     components, queries, features = featurize_queries(options.queries, index, cfg, ctx, host)
     cut = Cutoffs.for_index(options, len(index.clips))
+    prepared = stored_scoring(index, components.scorer, ctx, host)
     result = attribute(
         features,
         index.features,
@@ -166,7 +255,7 @@ def attribute_command(args: list[str]) -> int:
         cut.top_k,
         options.percentile,
         cut.votes_k,
-        stored_scoring(index, components.scorer, ctx, host),
+        prepared,
     )
     # every output is made in memory first, then written all together: all files or none
     files = output_files(
@@ -174,6 +263,10 @@ def attribute_command(args: list[str]) -> int:
     )
     if options.sheet_rows > 0:
         files |= contact_sheets(result, index, queries, components, ctx, min(options.sheet_rows, cut.top_k))
+    if options.html:
+        files["report.html"] = html_report(
+            result, index, queries, features, components, prepared, ctx
+        ).encode()
     write_all_or_none(out, files)
     print_rankings(result, index, cut.top_k)
     stdout = table_console()

@@ -21,6 +21,7 @@ method in its file stems, e.g. ``table3_bins_ours`` for ``+experiment=table3_bin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,15 @@ from mwga_core.reporting.tables import (
 
 @dataclass
 class Report:
-    """What :func:`build_report` wrote: tables (stem -> table), figure paths, the index page."""
+    """What :func:`build_report` wrote: tables (stem -> table), figure paths, the index page and its
+    HTML twin (report.html: tables, figures inline, links to the run pages below the folder)."""
 
     out_dir: Path
     tables: dict[str, ReportTable] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)
     index: Path | None = None
+    html: Path | None = None
 
 
 #: the method every experiment preset runs unless ``method=...`` says otherwise (conf/experiment/)
@@ -210,6 +213,8 @@ def build_report(path: Path, out_dir: Path | None = None, console: Console | Non
         (out_dir / f"{name}.tex").write_text(to_latex(table))
     report.index = out_dir / "report.md"
     report.index.write_text(_index(report, path))
+    report.html = out_dir / "report.html"
+    report.html.write_text(_html(report, path), encoding="utf-8")
     if console is not None:
         _print(report, console)
     return report
@@ -228,6 +233,30 @@ def _index(report: Report, path: Path) -> str:
     for name, figure_path in sorted(report.figures.items()):
         lines += [f"![{name}]({figure_path.name})", ""]
     return "\n".join(lines)
+
+
+def _html(report: Report, path: Path) -> str:
+    """report.html: the tables and figures of report.md in one self-contained page, and links to the
+    report.html of every run below ``path``."""
+    from mwga_core.reporting.html_report import sweep_report_html
+
+    names = sorted(n for n in report.tables if not n.startswith("summary"))
+    names += sorted(n for n in report.tables if n.startswith("summary"))
+    tables = [
+        (
+            f"{report.tables[n].title} [{n}]",
+            report.tables[n].headers,
+            [[cell_text(c) for c in row] for row in report.tables[n].rows],
+        )
+        for n in names
+    ]
+    runs = [
+        (str(page.parent.relative_to(path.parent)), os.path.relpath(page, report.out_dir))
+        for page in sorted(path.rglob("report.html"))
+        if report.out_dir.resolve() not in page.resolve().parents
+    ]
+    figures = [report.figures[name] for name in sorted(report.figures)]
+    return sweep_report_html(f"mwga report: {path}", tables, figures, runs)
 
 
 def _paired(table: ReportTable) -> tuple[list[str], list[list[str]]]:

@@ -112,7 +112,8 @@ def results_document(result: AttributionResult, cfg: MwgaConfig) -> dict[str, An
 def write_run_outputs(
     result: AttributionResult, cfg: MwgaConfig, output_dir: Path, metric_names: list[str]
 ) -> None:
-    """results.json, metrics.csv, table.md and (unless disabled) rankings.csv in ``output_dir``."""
+    """results.json, metrics.csv, table.md, (unless disabled) rankings.csv and report.html
+    (:mod:`mwga_core.reporting.html_report`) in ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     document = results_document(result, cfg)
     (output_dir / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
@@ -130,6 +131,9 @@ def write_run_outputs(
 
     if cfg.save_rankings:
         write_rankings(result, output_dir / "rankings.csv")
+    from mwga_core.reporting.html_report import write_run_report  # Pillow, only when writing
+
+    write_run_report(result, cfg.method_name, output_dir, headers, rows, metric_names)
 
 
 def write_rankings(result: AttributionResult, path: Path) -> None:

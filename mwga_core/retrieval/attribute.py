@@ -227,22 +227,29 @@ def clip_label(index: IndexData, row: int) -> str:
     return index.clips[row].get("label") or ""
 
 
+def index_clip_frames(index: IndexData, row: int, reader: ClipReader) -> np.ndarray | None:
+    """The frames of index row ``row``, read again from the corpus; None when its file is gone or no
+    longer readable. Shape: returns (T, H, W, C) float32."""
+    clip_id = index.clips[row]["id"]
+    path = Path(index.manifest["corpus_dir"]) / clip_id
+    clip = reader.clip_at(path, clip_id) if path.exists() else None
+    try:
+        return None if clip is None else reader.read_clip(clip)
+    except DataError:
+        return None
+
+
 def sheet_rows(index: IndexData, rows: np.ndarray, scores: np.ndarray, components, ctx: RunContext):
     """Contact-sheet rows for index rows: frames re-read from the corpus, flow stored or re-estimated."""
     from mwga_core.reporting.contact_sheet import SheetRow
 
-    corpus = Path(index.manifest["corpus_dir"])
     reader = require_clip_reader(components.dataset)
     sheet = []
     for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1):
         clip_id = index.clips[row]["id"]
         label = clip_label(index, row)
         title = f"#{rank}  score {score:+.4f}  {clip_id}" + (f"  [{label}]" if label else "")
-        clip = reader.clip_at(corpus / clip_id, clip_id) if (corpus / clip_id).exists() else None
-        try:
-            frames = None if clip is None else reader.read_clip(clip)
-        except DataError:
-            frames = None
+        frames = index_clip_frames(index, row, reader)
         if frames is None:
             sheet.append(SheetRow(title + "  (file no longer readable)", None, None))
             continue
