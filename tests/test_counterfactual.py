@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mwga_core.api.context import RunContext
+from mwga_core.cli.counterfactual import retrain_query_indices
 from mwga_core.counterfactual.direction import clip_senses, flow_summaries
 from mwga_core.counterfactual.lds import (
     average_ranks,
@@ -144,3 +145,11 @@ def test_clip_senses_read_each_motions_direction_from_its_flow() -> None:
     np.testing.assert_allclose(summaries[0], [1.5, 0.0, 0.0, 0.0], atol=1e-12)
     with pytest.raises(ValueError, match="shape"):
         flow_summaries(flow[..., 0])
+
+
+def test_retrained_queries_are_spread_over_the_classes() -> None:
+    # 30 queries grouped 5 per class: 6 retrained queries are one of each class, not five of the first
+    picked = retrain_query_indices(30, 6)
+    assert picked == [0, 6, 12, 17, 23, 29] and sorted({i // 5 for i in picked}) == list(range(6))
+    assert retrain_query_indices(30, 0) == list(range(30)) == retrain_query_indices(30, 40)
+    assert retrain_query_indices(30, 1) == [0]

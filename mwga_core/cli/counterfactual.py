@@ -85,6 +85,14 @@ def check_settings(cf: CounterfactualConfig, diffusion_steps: int) -> None:
         raise ConfigValueError("counterfactual.k", list(cf.k), "integers >= 1")
 
 
+def retrain_query_indices(num_queries: int, wanted: int) -> list[int]:
+    """The queries of the retraining protocol: ``wanted`` of them spread evenly over the query list (every
+    query for 0). Queries come grouped by class, so the first few would all show one motion."""
+    if wanted == 0 or wanted >= num_queries:
+        return list(range(num_queries))
+    return sorted({int(i) for i in np.linspace(0, num_queries - 1, wanted).round()})
+
+
 def method_scores(
     overrides: list[str], cf: CounterfactualConfig, host: PluginHost, ctx: RunContext
 ) -> tuple[dict[str, np.ndarray], MwgaConfig, object]:
@@ -138,10 +146,10 @@ def counterfactual_command(args: list[str]) -> int:
     retrainer = Retrainer(adapter, train, queries, data_classes(train), list(cf.timesteps), ctx)
 
     subsets = draw_subsets(len(train), cf.subsets, cf.fraction, ctx.rng("counterfactual-subsets"))
-    count = len(queries) if cf.retrain_queries == 0 else min(cf.retrain_queries, len(queries))
+    retrained = retrain_query_indices(len(queries), cf.retrain_queries)
     parallel = None
     if cf.workers > 1:
-        needed = models_needed(retrainer, scores, subsets, list(cf.k), list(range(count)))
+        needed = models_needed(retrainer, scores, subsets, list(cf.k), retrained)
         parallel = pretrain_in_parallel(adapter, train, needed, retrainer.num_classes, ctx, cf.workers)
     outputs = subset_outputs(retrainer, subsets)  # name -> (S, Q)
     masks = subset_masks(subsets, len(train))
@@ -158,7 +166,7 @@ def counterfactual_command(args: list[str]) -> int:
         for method, method_scores_ in scores.items()
     }
     full, _ = retrainer.outputs(np.arange(len(train)))
-    rows = retrain_without_top_k(retrainer, scores, full, list(cf.k), list(range(count))) if cf.k else []
+    rows = retrain_without_top_k(retrainer, scores, full, list(cf.k), retrained) if cf.k else []
     document = {
         "settings": as_container(cf),
         "seed": cfg.seed,

@@ -65,7 +65,7 @@ class CounterfactualConfig:
     fraction: float = field(default=0.5, metadata=satisfies(lambda v: 0 < v < 1, "a number in (0, 1)"))
     #: retrain without each query's top-k clips for each of these k (empty: no retraining protocol)
     k: list[int] = field(default_factory=lambda: [10, 20])
-    #: queries of the retraining protocol (the first ones); 0 = every query
+    #: queries of the retraining protocol, spread evenly over the query list; 0 = every query
     retrain_queries: int = field(default=6, metadata=at_least(0))
     #: diffusion timesteps the model outputs average over, one fixed noise draw each
     timesteps: list[int] = field(default_factory=lambda: [50, 100, 200, 400])
