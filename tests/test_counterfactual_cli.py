@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 MWGA = (
     str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
 )
@@ -40,6 +42,8 @@ def test_counterfactual_writes_lds_and_retrain_tables_and_reuses_models(tmp_path
     queries = document["queries"]
     assert len(queries) == 6 and document["num_train"] == 24
     assert len(document["subsets"]) == 3 and all(len(s) == 12 for s in document["subsets"])
+    for name in ("loss", "motion"):  # each subset model's outputs on each query
+        assert np.asarray(document["subset_outputs"][name]).shape == (3, 6)
     assert set(document["lds"]) == {"ours_simulated", "random"}
     for by_output in document["lds"].values():
         assert set(by_output) == {"loss", "motion"}

@@ -178,6 +178,8 @@ def counterfactual_command(args: list[str]) -> int:
         "lds": lds,
         "retrain": {"summary": retrain_summary(rows), "rows": rows},
         "full_outputs": {name: [float(v) for v in full[name]] for name in OUTPUT_NAMES},
+        # (S, Q) per output: with "subsets", enough to score another method's attributions offline
+        "subset_outputs": {name: outputs[name].tolist() for name in OUTPUT_NAMES},
         "models": {
             "trained": retrainer.trained,
             "cached": retrainer.cached,
