@@ -62,14 +62,10 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     host = get_host()
-    cfg = compose(
-        ["+benchmark=both_directions", f"seed={args.seed}", *args.overrides],
-        host=host,
-    )
-    cf = cfg.counterfactual
-    cfg = compose(
-        ["+benchmark=both_directions", f"seed={args.seed}", f"model={cf.model}", *args.overrides], host=host
-    )
+    base = ["+benchmark=both_directions", f"seed={args.seed}"]
+    # the model retrained is the counterfactual protocols' (counterfactual.model), as in mwga counterfactual
+    cf = compose([*base, *args.overrides], host=host).counterfactual
+    cfg = compose([*base, f"model={cf.model}", *args.overrides], host=host)
     ctx = RunContext(seed=cfg.seed, device=cfg.device, cache_dir=cache_path(cfg.cache))
     components = build_components(cfg, host)
     corpus, _ = load_corpus(components.dataset, ctx, stage_cache_from_config(cfg, ctx))
