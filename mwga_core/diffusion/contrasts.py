@@ -119,7 +119,8 @@ class LossRegions:
     """The loss split into ``regions`` x ``regions`` spatial cells of a (T, H, W) loss ``grid``.
 
     Each cell's gradient is G with the loss weight multiplied by the cell's 0/1 mask (all ones where
-    the batch has no weight); :meth:`wrap` concatenates them cell by cell, row by row.
+    the batch has no weight); :meth:`wrap` hands G the cells (:attr:`ExampleBatch.cells`) and G returns
+    their gradients cell by cell, row by row. The batched engine shares one forward pass among the cells.
     """
 
     regions: int
@@ -127,6 +128,8 @@ class LossRegions:
 
     def wrap(self, gradient: GradientFunction) -> GradientFunction:
         """G split by cells. Shape: batch -> (n, regions^2 D); ``regions`` = 1 gives G itself."""
+        import dataclasses
+
         import torch
 
         from mwga_core.diffusion.per_sample import grid_cells
@@ -134,19 +137,11 @@ class LossRegions:
         if self.regions == 1:
             return gradient
         frames, height, width = self.grid
-        masks = [cell.expand(frames, height, width) for cell in grid_cells(height, width, self.regions)]
+        masks = torch.stack(
+            [cell.expand(frames, height, width) for cell in grid_cells(height, width, self.regions)]
+        )
 
         def per_cell(batch: ExampleBatch) -> torch.Tensor:
-            x0 = batch.x0
-            base = (
-                torch.ones((x0.shape[0], 1, 1, 1, 1), device=x0.device)
-                if batch.weight is None
-                else batch.weight
-            )
-            cells = [
-                gradient(ExampleBatch(x0, batch.labels, base * mask.to(x0.device), batch.condition))
-                for mask in masks
-            ]
-            return torch.cat(cells, dim=1)
+            return gradient(dataclasses.replace(batch, cells=masks))
 
         return per_cell

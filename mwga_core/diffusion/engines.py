@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from mwga_core.api.errors import ConfigValueError
@@ -66,6 +67,10 @@ class ExampleBatch:
             from their frames, for a model whose encoder does not commute with time reversal
             (:attr:`~mwga_core.api.models.ModelAdapter.time_reversal_commutes`); empty otherwise, and
             contrasts then make them from x0.
+        cells: None, or m 0/1 masks (m, T', H', W') of the loss grid, shared by every example: the
+            objective is then split into m cell objectives (the loss weight times each mask) and the
+            engines return the m cells' gradients side by side, (n, m D), cell by cell
+            (:class:`~mwga_core.diffusion.contrasts.LossRegions`).
     """
 
     x0: torch.Tensor
@@ -73,6 +78,7 @@ class ExampleBatch:
     weight: torch.Tensor | None = None
     condition: Mapping[str, torch.Tensor] = field(default_factory=dict)
     counterparts: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    cells: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -85,7 +91,37 @@ class ExampleBatch:
             None if self.weight is None else self.weight[index],
             {name: value[index] for name, value in self.condition.items()},
             {name: value[index] for name, value in self.counterparts.items()},
+            self.cells,
         )
+
+    def cell_weights(self) -> list[torch.Tensor | None]:
+        """The loss weight of each cell objective: [weight] without cells, else the weight (ones where
+        there is none) times each cell's mask. Shape: m tensors (n, 1, T', H', W')."""
+        import torch
+
+        if self.cells is None:
+            return [self.weight]
+        base = (
+            torch.ones((len(self), 1, 1, 1, 1), device=self.x0.device) if self.weight is None else self.weight
+        )
+        return [base * mask.to(self.x0.device) for mask in self.cells]
+
+    def one_cell(self, j: int) -> ExampleBatch:
+        """The batch whose objective is cell ``j``'s alone (no cells; its mask folded into the weight)."""
+        return dataclasses.replace(self, weight=self.cell_weights()[j], cells=None)
+
+
+def split_by_cells(gradients: Callable[[ExampleBatch], torch.Tensor], batch: ExampleBatch) -> torch.Tensor:
+    """``gradients`` of each cell objective in turn, side by side: how an engine that cannot share one
+    forward pass between the cells serves a batch with :attr:`ExampleBatch.cells`.
+
+    Shape: gradients(batch without cells) -> (n, D); returns (n, m D).
+    """
+    import torch
+
+    if batch.cells is None:
+        return gradients(batch)
+    return torch.cat([gradients(batch.one_cell(j)) for j in range(len(batch.cells))], dim=1)
 
 
 class Objective(Protocol):
@@ -96,7 +132,8 @@ class Objective(Protocol):
     def __call__(
         self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """The ``terms``' share of the objective (all terms by default). Shape: returns (n,)."""
+        """The ``terms``' share of the objective (all terms by default). Shape: returns (n,), or (n, m)
+        for a batch with m :attr:`~ExampleBatch.cells`."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +227,13 @@ class VmapEngine(EngineSettings):
         batch: ExampleBatch,
         factors: Factors | None = None,
     ) -> torch.Tensor:
-        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed."""
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed;
+        (n, m D) for a batch with m cells (one cell after another)."""
         import torch
         from torch.func import functional_call, grad, vmap
 
+        if batch.cells is not None:
+            return split_by_cells(partial(self.gradients, selection, objective, factors=factors), batch)
         module, frozen = selection.module, selection.frozen
 
         def one(params: dict, x0: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, condition):
@@ -227,10 +267,13 @@ class LoopEngine(EngineSettings):
         batch: ExampleBatch,
         factors: Factors | None = None,
     ) -> torch.Tensor:
-        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed."""
+        """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``) summed;
+        (n, m D) for a batch with m cells (one cell after another)."""
         import torch
         from torch.func import functional_call
 
+        if batch.cells is not None:
+            return split_by_cells(partial(self.gradients, selection, objective, factors=factors), batch)
         module, frozen = selection.module, selection.frozen
         leaves = [selection.params[name].detach().requires_grad_(True) for name in selection.names]
         params = dict(zip(selection.names, leaves, strict=True))
@@ -304,13 +347,17 @@ class BatchedEngine(EngineSettings):
         factors: Factors | None = None,
     ) -> torch.Tensor:
         """Shape: returns (n, D) float32, D = the selected parameters' sizes (with ``factors``; times
-        r^2) summed."""
+        r^2) summed; (n, m D) for a batch with m cells, from one forward pass per chunk and term shared by
+        the cells (one cell after another)."""
         import torch
 
         from mwga_core.diffusion.per_sample import per_sample_gradients
 
         sizes = selection.sizes(self.position_cells**2, factors)
-        out = torch.zeros((len(batch), sum(sizes)), dtype=torch.float32, device=batch.x0.device)
+        cells = 1 if batch.cells is None else len(batch.cells)
+        if cells > 1 and self.position_cells > 1:
+            raise ValueError("engine=batched: loss cells and position cells cannot be combined")
+        out = torch.zeros((len(batch), cells * sum(sizes)), dtype=torch.float32, device=batch.x0.device)
         for first in range(0, len(batch), self.chunk_size):
             rows = slice(first, first + self.chunk_size)
             chunk = batch.rows(rows)
@@ -329,8 +376,9 @@ class BatchedEngine(EngineSettings):
                     self.position_cells,
                     factors,
                 )
-                # each chunk's gradients go straight into their rows of the (n, D) result
-                for name, column in zip(selection.names, out[rows].split(sizes, dim=1), strict=True):
+                # each chunk's gradients go straight into their rows of the (n, m D) result
+                block = out[rows].view(len(chunk), cells, -1)
+                for name, column in zip(selection.names, block.split(sizes, dim=2), strict=True):
                     column += grads[name].reshape(column.shape)
         return out
 

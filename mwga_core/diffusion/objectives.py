@@ -100,14 +100,19 @@ class DiffusionObjective:
     def __call__(
         self, forward: Forward, batch: ExampleBatch, terms: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """The timesteps ``terms``' share of the mean over all K timesteps (all by default). -> (n,)."""
+        """The timesteps ``terms``' share of the mean over all K timesteps (all by default). -> (n,), or
+        (n, m) for a batch with m cells: one forward pass, the output once per cell's weight."""
+        import torch
+
+        weights = batch.cell_weights()
         total = 0.0
         for k in range(self.num_terms) if terms is None else terms:
             t_n, noise = self.timesteps[k].expand(batch.x0.shape[0]), self.noises[k]
             x_t = self.adapter.add_noise(batch.x0, t_n, noise[None])
             prediction = forward(x_t, t_n, batch.labels if self.conditional else None, **batch.condition)
             target = self.adapter.target(batch.x0, noise[None], t_n)
-            total = total + self.output(prediction, target, batch.weight)
+            outputs = [self.output(prediction, target, weight) for weight in weights]
+            total = total + (outputs[0] if batch.cells is None else torch.stack(outputs, dim=1))
         return total / self.num_terms
 
 

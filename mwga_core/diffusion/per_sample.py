@@ -62,7 +62,9 @@ def per_sample_gradients(
 
     ``losses(forward)`` calls ``forward(*args, **kwargs)`` (the module with ``params`` and ``frozen`` swapped in,
     under ``autocast()``) on a batch of ``batch`` independent samples and returns each sample's
-    objective. With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
+    objective, or m objectives per sample (e.g. the loss of each spatial cell): the forward pass is then
+    shared and one backward per objective column gives m gradients per sample (memory: the forward's
+    graph is kept until the last). With ``regions`` = r > 1, each weight gradient is also split by where in the layer's
     output it comes from: the sum over output positions is taken per cell of an r x r grid over the
     output's last two (spatial) dims, for channel-first layers (Conv, GroupNorm); the r^2 cells sum to
     the whole gradient. A weight named in ``factors`` (one that
@@ -70,9 +72,10 @@ def per_sample_gradients(
     P_out dW P_in^T, computed from the projected factors (:mod:`mwga_core.diffusion.factorized`).
 
     Shape:
-        losses(forward): (batch,).
+        losses(forward): (batch,), or (batch, m) for m objectives per sample.
         factors: name -> (P_out (k_out, d_out), P_in (k_in, d_in)) on the parameters' device.
-        returns: name -> (batch, *params[name].shape), or (batch, r^2, *shape) when regions > 1;
+        returns: name -> (batch, *params[name].shape), or (batch, r^2, *shape) when regions > 1, or
+        (batch, m, *shape) for m objectives per sample (``regions`` must then be 1);
         (k_out, k_in) in place of the shape for a name in ``factors``; float32 (the parameter's dtype).
     """
     import torch
@@ -135,9 +138,14 @@ def per_sample_gradients(
     finally:
         for handle in handles:
             handle.remove()
-    if tuple(per_sample.shape) != (batch,):
-        raise ValueError(f"losses must return ({batch},) values, got {tuple(per_sample.shape)}")
-    cells = (regions * regions,) if regions > 1 else ()
+    if per_sample.ndim not in (1, 2) or per_sample.shape[0] != batch:
+        raise ValueError(
+            f"losses must return ({batch},) or ({batch}, m) values, got {tuple(per_sample.shape)}"
+        )
+    objectives = 1 if per_sample.ndim == 1 else int(per_sample.shape[1])
+    if objectives > 1 and regions > 1:
+        raise ValueError("per_sample_gradients: several objectives per sample need regions = 1")
+    cells = (regions * regions,) if regions > 1 else (objectives,) if per_sample.ndim == 2 else ()
     shapes = {
         name: (factors[name].out.shape[0], factors[name].inp.shape[0]) if name in factors else p.shape
         for name, p in params.items()
@@ -149,34 +157,40 @@ def per_sample_gradients(
     if not captured:
         return result
     outputs = [output for _, _, output, _ in captured]
-    grads_out = torch.autograd.grad(per_sample.sum(), outputs, allow_unused=True)
-    del outputs, per_sample
-    for (path, inputs, _, rows), grad_out in zip(captured, grads_out, strict=True):
-        if grad_out is None:
-            continue
-        if rows % batch:
-            raise ValueError(
-                f"engine=batched: module {path!r} sees {rows} rows, not a multiple of the {batch} samples; "
-                "use engine=vmap"
-            )
-        owner = module.get_submodule(path)
-        mine = {attribute: leaves[name] for attribute, name in owners[path]}
-        projected = {attribute: factors[name] for attribute, name in owners[path] if name in factors}
-        grad_out = grad_out.detach()
-        masked = (
-            [grad_out]
-            if regions == 1
-            else [grad_out * m for m in _cell_masks(owner, path, grad_out, regions)]
+    columns = per_sample.reshape(batch, objectives)
+    for j in range(objectives):  # one backward per objective column, through the one forward graph
+        grads_out = torch.autograd.grad(
+            columns[:, j].sum(), outputs, allow_unused=True, retain_graph=j < objectives - 1
         )
-        if isinstance(inputs, ProjectedInput):
-            per_cell = [factored_gradients(owner, mine, inputs, g, batch) for g in masked]
-        else:
-            per_cell = [_layer_gradients(owner, mine, inputs, g, batch, autocast, projected) for g in masked]
-        for attribute, name in owners[path]:
-            grad = torch.stack([cell[attribute] for cell in per_cell], dim=1)  # (rows, cells, ...)
-            if grad.shape[0] != batch:  # sample-major rows (batch * m, ...): sum each sample's m rows
-                grad = grad.reshape(batch, rows // batch, *grad.shape[1:]).sum(dim=1)
-            result[name] += grad.reshape(result[name].shape).to(result[name].dtype)
+        target = {name: value[:, j] for name, value in result.items()} if per_sample.ndim == 2 else result
+        for (path, inputs, _, rows), grad_out in zip(captured, grads_out, strict=True):
+            if grad_out is None:
+                continue
+            if rows % batch:
+                raise ValueError(
+                    f"engine=batched: module {path!r} sees {rows} rows, not a multiple of the {batch} "
+                    "samples; use engine=vmap"
+                )
+            owner = module.get_submodule(path)
+            mine = {attribute: leaves[name] for attribute, name in owners[path]}
+            projected = {attribute: factors[name] for attribute, name in owners[path] if name in factors}
+            grad_out = grad_out.detach()
+            masked = (
+                [grad_out]
+                if regions == 1
+                else [grad_out * m for m in _cell_masks(owner, path, grad_out, regions)]
+            )
+            if isinstance(inputs, ProjectedInput):
+                per_cell = [factored_gradients(owner, mine, inputs, g, batch) for g in masked]
+            else:
+                per_cell = [
+                    _layer_gradients(owner, mine, inputs, g, batch, autocast, projected) for g in masked
+                ]
+            for attribute, name in owners[path]:
+                grad = torch.stack([cell[attribute] for cell in per_cell], dim=1)  # (rows, cells, ...)
+                if grad.shape[0] != batch:  # sample-major rows (batch * m, ...): sum each sample's m rows
+                    grad = grad.reshape(batch, rows // batch, *grad.shape[1:]).sum(dim=1)
+                target[name] += grad.reshape(target[name].shape).to(target[name].dtype)
     return result
 
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +31,7 @@ from mwga_core.diffusion.engines import (
     VmapEngine,
     VmapWithFallback,
     make_engine,
+    split_by_cells,
 )
 from mwga_core.diffusion.objectives import (
     DiffusionLoss,
@@ -163,6 +167,39 @@ def test_position_cells_sum_to_the_whole_gradient(adapter, module, batch) -> Non
     cells = BatchedEngine(chunk_size=4, position_cells=2).gradients(selection, objective, batch)
     assert cells.shape == (N, 4 * whole.shape[1])
     torch.testing.assert_close(cells.reshape(N, 4, -1).sum(1), whole, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("engine", ["vmap", "loop", "batched", "checked"])
+def test_loss_cells_equal_one_cell_at_a_time(adapter, module, batch, engine) -> None:
+    """A batch with loss cells: every engine gives each cell's gradient (the weight times its mask),
+    side by side; the batched engine from one forward pass per term shared by the cells."""
+    names = [n for n, _ in module.named_parameters() if "temporal" in n or "patch_out" in n]
+    selection = SelectedParameters.of(module, names)
+    objective = objective_of(adapter)
+    masks = torch.zeros((3, 5, 16, 16))
+    masks[0, :, :8], masks[1, :, 8:, :8], masks[2, :, 8:, 8:] = 1, 1, 1
+    celled = dataclasses.replace(batch, cells=masks)
+    settings = EngineSettings(chunk_size=2)
+    chosen = {
+        "vmap": VmapEngine(**vars(settings)),
+        "loop": LoopEngine(**vars(settings)),
+        "batched": BatchedEngine(**vars(settings)),
+        "checked": make_engine("batched", settings),
+    }[engine]
+    got = chosen.gradients(selection, objective, celled)
+    expected = [
+        naive_gradients(module, names, objective, dataclasses.replace(batch, weight=batch.weight * mask))
+        for mask in masks
+    ]
+    assert got.shape == (N, 3 * sum(selection.sizes())) and all(e.abs().max() > 0 for e in expected)
+    torch.testing.assert_close(got, torch.cat(expected, dim=1), rtol=1e-4, atol=1e-7)
+    # the objective itself: one column per cell
+    with torch.no_grad():
+        columns = objective(module, celled)
+        one = objective(module, dataclasses.replace(batch, weight=batch.weight * masks[1]))
+    assert columns.shape == (N, 3)
+    torch.testing.assert_close(columns[:, 1], one)
 
 
 def test_the_checked_engine_refuses_a_model_that_mixes_examples(adapter, batch) -> None:
@@ -312,7 +349,8 @@ def test_contrasts_equal_a_per_clip_loop(batch) -> None:
 
 
 def test_loss_regions_equal_a_per_cell_loop_and_sum_to_the_whole(batch) -> None:
-    split = LossRegions(2, (5, 16, 16)).wrap(toy_gradient)(batch)
+    # a gradient function serves the cells LossRegions hands it; split_by_cells does it one at a time
+    split = LossRegions(2, (5, 16, 16)).wrap(partial(split_by_cells, toy_gradient))(batch)
     assert split.shape == (N, 4 * 3)
     cells = []
     for r in range(2):
