@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 MWGA = (
     str(Path(sys.executable).with_name("mwga")) if Path(sys.executable).with_name("mwga").exists() else "mwga"
@@ -59,6 +60,14 @@ def test_counterfactual_writes_lds_and_retrain_tables_and_reuses_models(tmp_path
     for name in ("lds.csv", "retrain.csv", "table.md"):
         assert (tmp_path / "one" / name).stat().st_size > 0
     assert "LDS loss" in first.stdout
+    # an unconditional model gets no model check: the document keeps its shape, no key and no column
+    assert set(document) == UNCONDITIONAL_KEYS
+    assert all(set(row) == ROW_KEYS for row in document["retrain"]["rows"])
+    assert all(set(row) == {"removal", "k", "queries", "delta"} for row in document["retrain"]["summary"])
+    assert set(models) == {"trained", "cached", "reused", "seconds", "parallel"}
+    header = (tmp_path / "one" / "retrain.csv").read_text().splitlines()[0]
+    assert header == "query,k,removal,removed,delta_loss,delta_motion,cached"
+    assert "check drop" not in first.stdout
 
     second = counterfactual(tmp_path / "two", tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -67,9 +76,61 @@ def test_counterfactual_writes_lds_and_retrain_tables_and_reuses_models(tmp_path
     assert again["lds"] == document["lds"] and again["retrain"]["rows"] != []
 
 
+#: counterfactual.json's keys and a retrain row's keys for an unconditional model
+UNCONDITIONAL_KEYS = {
+    "settings", "seed", "dataset", "model", "queries", "num_train", "subsets", "lds", "retrain",
+    "full_outputs", "subset_outputs", "models", "seconds",
+}  # fmt: skip
+ROW_KEYS = {"query", "k", "removal", "removed", "delta", "cached"}
+#: a tiny class-conditional model with guidance (the model of method=ours_generative) and a fast check
+CONDITIONAL = [
+    "counterfactual.model=video_denoiser_guided",
+    "model.channels=8",
+    "model.blocks=1",
+    "model.sample_steps=2",
+    "counterfactual.check_per_class=2",
+]
+
+
+@pytest.mark.slow
+def test_a_conditional_model_reports_the_model_check_drop_of_each_removal(tmp_path: Path) -> None:
+    first = counterfactual(tmp_path / "one", tmp_path, *CONDITIONAL)
+    assert first.returncode == 0, first.stderr[-3000:]
+    document = json.loads((tmp_path / "one" / "counterfactual.json").read_text())
+    assert set(document) == UNCONDITIONAL_KEYS | {"full_model_check"}
+    full = document["full_model_check"]
+    assert full["samples_per_class"] == 2 and len(full["accuracy"]) == 6
+    rows = document["retrain"]["rows"]
+    assert len(rows) == 4 and all(set(row) == ROW_KEYS | {"model_check"} for row in rows)
+    for row in rows:
+        check = row["model_check"]
+        assert check["class"] in full["accuracy"] and row["query"].startswith(f"query-{check['class']}")
+        for accuracy, drop in (("accuracy", "drop"), ("paired_accuracy", "paired_drop")):
+            assert 0 <= check[accuracy] <= 1 and -1 <= check[drop] <= 1
+            assert check[drop] == full[accuracy][check["class"]] - check[accuracy]
+    for row in document["retrain"]["summary"]:
+        assert set(row["model_check"]) == {"accuracy", "drop", "paired_accuracy", "paired_drop"}
+    models = document["models"]
+    # the full model and each distinct removal's model, each checked once
+    assert models["checks"] == 1 + len(rows) - models["reused"] and models["check_seconds"] > 0
+    header = (tmp_path / "one" / "retrain.csv").read_text().splitlines()[0]
+    assert header.endswith(",cached,check_accuracy,check_drop,check_paired_accuracy,check_paired_drop")
+    assert "check drop" in (tmp_path / "one" / "table.md").read_text() and "check drop" in first.stdout
+
+    # a rerun reads every model from the store and samples the same clips: the same checks, bit for bit
+    second = counterfactual(tmp_path / "two", tmp_path, *CONDITIONAL)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "two" / "counterfactual.json").read_text())
+    assert again["models"]["trained"] == 0
+    assert again["full_model_check"] == full
+    assert [row["model_check"] for row in again["retrain"]["rows"]] == [row["model_check"] for row in rows]
+
+
 def test_counterfactual_refuses_a_bad_setting_before_any_work(tmp_path: Path) -> None:
     done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.timesteps=[5000]")
     assert done.returncode == 2 and "counterfactual.timesteps" in done.stderr
+    done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.check_per_class=0")
+    assert done.returncode == 2 and "counterfactual.check_per_class=0" in done.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.json"))
 
 

@@ -9,7 +9,9 @@ reuse them) and measures:
   ``counterfactual.fraction`` of the clips, the Spearman correlation per query between the subset
   model's output and the summed scores of the subset's clips; mean over queries, bootstrap interval;
 * **retrain without the top-k** (:mod:`mwga_core.counterfactual.retrain`): the change of a query's output
-  when its top-k clips by a method are removed, against k random clips and k random clips of its class.
+  when its top-k clips by a method are removed, against k random clips and k random clips of its class;
+  with a conditional model (``counterfactual.model=video_denoiser_guided``) also the drop of the query's
+  class's ``mwga model-check`` accuracy (:mod:`mwga_core.counterfactual.motion_check`).
 
 With ``counterfactual.workers`` > 1 every model both protocols need is first trained by that many worker
 processes (:mod:`mwga_core.counterfactual.parallel`); the protocols then read them from the store.
@@ -35,6 +37,7 @@ from mwga_core.config.checks import check_fields
 from mwga_core.config.compose import compose
 from mwga_core.config.schema import CounterfactualConfig, MwgaConfig, as_container, cache_path
 from mwga_core.counterfactual.lds import lds_per_query, lds_summary
+from mwga_core.counterfactual.motion_check import ModelChecker, check_document
 from mwga_core.counterfactual.outputs import OUTPUT_NAMES
 from mwga_core.counterfactual.parallel import pretrain_in_parallel
 from mwga_core.counterfactual.report import print_counterfactual, write_counterfactual_outputs
@@ -46,6 +49,7 @@ from mwga_core.counterfactual.retrain import (
     subset_outputs,
 )
 from mwga_core.counterfactual.subsets import draw_subsets, subset_masks
+from mwga_core.diffusion.model_check import Describer, describe_motion
 from mwga_core.plugin_host.host import PluginHost, get_host
 from mwga_core.reporting.run_outputs import table_console
 
@@ -91,6 +95,12 @@ def retrain_query_indices(num_queries: int, wanted: int) -> list[int]:
     if wanted == 0 or wanted >= num_queries:
         return list(range(num_queries))
     return sorted({int(i) for i in np.linspace(0, num_queries - 1, wanted).round()})
+
+
+def check_describer(cfg: MwgaConfig, host: PluginHost, ctx: RunContext) -> Describer:
+    """The motion descriptors the model check recognises samples by: the config's motion estimator and
+    descriptor, as ``mwga model-check`` with the same overrides uses them."""
+    return describe_motion(host.build("motion", cfg.motion), host.build("descriptor", cfg.descriptor), ctx)
 
 
 def method_scores(
@@ -139,11 +149,18 @@ def counterfactual_command(args: list[str]) -> int:
     model_cfg = compose([*options.overrides, f"model={cf.model}"], host=host).model
     check_settings(cf, model_cfg.diffusion_steps)
     adapter = host.build("model", model_cfg)  # refuses a bad model config before any work
+    # a conditional model can generate each class: check what each retrained model still generates
+    checking = bool(adapter.config.conditional and cf.k)
+    describe = check_describer(base, host, ctx) if checking else None
     scores, cfg, corpus = method_scores(options.overrides, cf, host, ctx)
     train, queries = corpus.train, corpus.queries
     if any(k >= len(train) for k in cf.k):
         raise ConfigValueError("counterfactual.k", list(cf.k), f"integers < {len(train)} (training clips)")
-    retrainer = Retrainer(adapter, train, queries, data_classes(train), list(cf.timesteps), ctx)
+    checker = None
+    if describe is not None:
+        names = list(corpus.class_names)
+        checker = ModelChecker(train, names, cf.check_per_class, ctx, describe, context=queries)
+    retrainer = Retrainer(adapter, train, queries, data_classes(train), list(cf.timesteps), ctx, checker)
 
     subsets = draw_subsets(len(train), cf.subsets, cf.fraction, ctx.rng("counterfactual-subsets"))
     retrained = retrain_query_indices(len(queries), cf.retrain_queries)
@@ -165,8 +182,11 @@ def counterfactual_command(args: list[str]) -> int:
         }
         for method, method_scores_ in scores.items()
     }
-    full, _ = retrainer.outputs(np.arange(len(train)))
-    rows = retrain_without_top_k(retrainer, scores, full, list(cf.k), retrained) if cf.k else []
+    full_model = retrainer.measure(np.arange(len(train)), check=checker is not None)
+    full = full_model.outputs
+    rows: list[dict] = []
+    if cf.k:
+        rows = retrain_without_top_k(retrainer, scores, full, list(cf.k), retrained, full_model.check)
     document = {
         "settings": as_container(cf),
         "seed": cfg.seed,
@@ -189,6 +209,11 @@ def counterfactual_command(args: list[str]) -> int:
         },
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if checker is not None and full_model.check is not None:
+        # only for a conditional model: an unconditional run's document keeps its shape
+        document["full_model_check"] = check_document(full_model.check, cf.check_per_class)
+        document["models"]["checks"] = checker.checks
+        document["models"]["check_seconds"] = round(checker.seconds, 3)
     write_counterfactual_outputs(document, output_dir)
     console = table_console()
     print_counterfactual(document, console)

@@ -79,6 +79,9 @@ class CounterfactualConfig:
     model: str = "video_denoiser_unconditional"
     #: worker processes that train the subset models in parallel (1 = one after another in this process)
     workers: int = field(default=1, metadata=at_least(1))
+    #: retrain without the top-k, conditional models only: clips sampled per class for the model check of
+    #: each retrained model (as `mwga model-check --per-class`)
+    check_per_class: int = field(default=16, metadata=at_least(1))
 
 
 @dataclass
