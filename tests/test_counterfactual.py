@@ -17,7 +17,7 @@ from mwga_core.counterfactual.lds import (
 )
 from mwga_core.counterfactual.retrain import LABEL_ORACLE, RANDOM_REMOVAL, removal_sets
 from mwga_core.counterfactual.subsets import draw_subsets, keep_without, random_removal, subset_masks, top_k
-from mwga_core.diffusion.model_inputs import still_frames
+from mwga_core.diffusion.still_copies import still_frames
 
 
 def reference_ranks(values: list[float]) -> list[float]:

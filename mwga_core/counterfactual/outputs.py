@@ -20,8 +20,9 @@ import numpy as np
 from mwga_core.api.clips import ClipSet
 from mwga_core.api.context import RunContext
 from mwga_core.api.trained_model import TrainedModel
-from mwga_core.diffusion.model_inputs import encode_clips, still_frames
+from mwga_core.diffusion.model_inputs import encode_clips
 from mwga_core.diffusion.objectives import shared_noise
+from mwga_core.diffusion.still_copies import repeated_middle_frames
 
 #: the output functions, in report order
 OUTPUT_NAMES: tuple[str, ...] = ("loss", "motion")
@@ -60,5 +61,5 @@ def model_outputs(
 ) -> dict[str, np.ndarray]:
     """Every output of :data:`OUTPUT_NAMES` for every query. Returns name -> (Q,) float64."""
     loss = query_losses(model, queries.frames, queries.labels, timesteps, ctx)
-    still = query_losses(model, still_frames(queries.frames), queries.labels, timesteps, ctx)
+    still = query_losses(model, repeated_middle_frames(queries.frames), queries.labels, timesteps, ctx)
     return {"loss": loss, "motion": loss - still}

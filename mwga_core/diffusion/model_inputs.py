@@ -22,6 +22,7 @@ import numpy as np
 
 from mwga_core.api.context import RunContext
 from mwga_core.api.models import ModelAdapter
+from mwga_core.diffusion.still_copies import still_frames
 from mwga_core.storage.keys import array_digest
 from mwga_core.storage.stage_cache import StageCache
 
@@ -37,15 +38,16 @@ def reversed_frames(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames[:, ::-1])
 
 
-def still_frames(frames: np.ndarray) -> np.ndarray:
-    """Each clip's middle frame repeated over its length. Shape: (N, T, H, W, C) -> (N, T, H, W, C)."""
-    middle = frames[:, frames.shape[1] // 2]
-    return np.repeat(middle[:, None], frames.shape[1], axis=1)
+def counterpart_frames(frames: np.ndarray, name: str, still: str = "repeat") -> np.ndarray:
+    """The frames of counterpart ``name`` (:data:`COUNTERPART_NAMES`); ``still``: how a still copy is made
+    (:data:`~mwga_core.diffusion.still_copies.STILL_COPIES`). Shape: (N, T, H, W, C) -> same."""
+    if name == "reversed":
+        return reversed_frames(frames)
+    return still_frames(frames, still)
 
 
-#: counterpart name (:attr:`~mwga_core.diffusion.engines.ExampleBatch.counterparts`) -> how its frames
-#: are made from the clip's
-COUNTERPART_FRAMES = {"reversed": reversed_frames, "still": still_frames}
+#: the counterparts (:attr:`~mwga_core.diffusion.engines.ExampleBatch.counterparts`) a clip can have
+COUNTERPART_NAMES = ("reversed", "still")
 
 
 def encode_clips(adapter: ModelAdapter, frames: np.ndarray, ctx: RunContext) -> torch.Tensor:
@@ -74,14 +76,16 @@ def encode_clips(adapter: ModelAdapter, frames: np.ndarray, ctx: RunContext) -> 
 
 
 def encode_counterparts(
-    adapter: ModelAdapter, frames: np.ndarray, names: Sequence[str], ctx: RunContext
+    adapter: ModelAdapter, frames: np.ndarray, names: Sequence[str], ctx: RunContext, still: str = "repeat"
 ) -> dict[str, torch.Tensor]:
-    """The counterparts ``names`` (of :data:`COUNTERPART_FRAMES`) encoded from their own frames, for an
-    adapter whose encoder does not commute with time reversal; {} for one whose does (contrasts then
-    flip or hold the encoded clip itself, which is the same and costs nothing).
+    """The counterparts ``names`` (of :data:`COUNTERPART_NAMES`) encoded from their own frames.
+
+    An adapter whose encoder commutes with time reversal gets only what the encoded clip cannot give:
+    a ``still`` copy made by ``still="warp"`` (:mod:`~mwga_core.diffusion.still_copies`); contrasts flip
+    or hold the encoded clip itself for the rest, which is the same and costs nothing.
 
     Shape: frames (N, T, H, W, C) -> name -> (N, *model_shape).
     """
     if adapter.time_reversal_commutes:
-        return {}
-    return {name: encode_clips(adapter, COUNTERPART_FRAMES[name](frames), ctx) for name in names}
+        names = [name for name in names if name == "still" and still != "repeat"]
+    return {name: encode_clips(adapter, counterpart_frames(frames, name, still), ctx) for name in names}

@@ -18,7 +18,8 @@ composed from the pieces of :mod:`mwga_core.diffusion`:
   ~1e-7 relative; ``batched`` never back-propagates below the first selected layer, so a parameter
   subset (``params=temporal``) is faster and needs far less memory (docs/results-real-gradients.md);
 * the contrast (:mod:`~mwga_core.diffusion.contrasts`): ``reverse``, ``static``, ``reverse_static``
-  (weight ``contrast_static_weight``), and ``regions`` x ``regions`` loss cells (``region_split=loss``)
+  (weight ``contrast_static_weight``; the still copy made by ``still``: the middle frame repeated, or
+  each frame warped onto it, :mod:`~mwga_core.diffusion.still_copies`), and ``regions`` x ``regions`` loss cells (``region_split=loss``)
   or weight gradients split by output position (``region_split=position``, batched engine).
 
 With a factorized projector (``projection=kronecker``), the pipeline calls
@@ -76,6 +77,7 @@ from mwga_core.diffusion.engines import (
 from mwga_core.diffusion.factorized import factor_shape
 from mwga_core.diffusion.model_inputs import encode_clips, encode_counterparts
 from mwga_core.diffusion.objectives import OUTPUT_FUNCTIONS, DiffusionObjective, motion_mask, shared_noise
+from mwga_core.diffusion.still_copies import STILL_COPIES
 
 if TYPE_CHECKING:
     import torch
@@ -124,6 +126,9 @@ class DiffusionGradientConfig(GradientConfig):
     contrast: str = field(default="none", metadata=one_of(*CONTRASTS))
     #: weight of the (even - static) half of ``reverse_static``
     contrast_static_weight: float = field(default=0.4, metadata=at_least(0))
+    #: how the static contrasts' still copy is made: repeat (the middle frame repeated) or warp (each
+    #: frame warped onto the middle frame along its flow: keeps per-frame noise)
+    still: str = field(default="repeat", metadata=one_of(*STILL_COPIES))
     #: split the loss into regions x regions spatial cells and concatenate their gradients (1 = whole frame)
     regions: int = field(default=1, metadata=at_least(1))
     #: loss (one gradient per cell's loss; any engine) or position (each layer's weight gradient summed per
@@ -241,7 +246,9 @@ class DiffusionGradient(GradientSource):
         ]
         adapter, frames = trained.adapter, clips.clips.frames
         x0_all = encode_clips(adapter, frames, ctx)
-        counterparts_all = encode_counterparts(adapter, frames, COUNTERPARTS[self.config.contrast], ctx)
+        counterparts_all = encode_counterparts(
+            adapter, frames, COUNTERPARTS[self.config.contrast], ctx, still=self.config.still
+        )
         condition_all = adapter.condition(clips.clips) or {}
         labels_all = self._labels(clips, trained)
         weights = self.loss_weights(clips, trained)

@@ -55,6 +55,27 @@ def test_static_contrast_vanishes_on_a_still_clip(ctx: RunContext) -> None:
     np.testing.assert_array_equal(gradients(gradient, still, ctx)[0], 0.0)
 
 
+def test_warped_still_copy_keeps_a_still_clip_still_and_changes_a_noisy_one(ctx: RunContext) -> None:
+    train = small_analysed("train")
+    middle = train.clips.num_frames // 2
+    held = np.repeat(train.clips.frames[:, middle : middle + 1], train.clips.num_frames, axis=1)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(held + rng.normal(0.0, 0.05, size=held.shape), 0.0, 1.0).astype(np.float32)
+
+    def clips_of(frames: np.ndarray) -> AnalysedClips:
+        clip_set = type(train.clips)(frames=frames, labels=train.clips.labels, ids=list(train.clips.ids))
+        return AnalysedClips(clip_set, None, train.descriptors, train.static)
+
+    repeat = source(ctx, train, contrast="static", weighting="none")
+    warp = source(ctx, train, contrast="static", weighting="none", still="warp")
+    # a clip that does not move is its own still copy, made either way
+    np.testing.assert_allclose(gradients(warp, clips_of(held), ctx)[0], 0.0, atol=1e-9)
+    # a clip whose only change is noise: the repeated middle frame freezes the noise, the warp keeps it
+    frozen = gradients(repeat, clips_of(noisy), ctx)[0]
+    kept = gradients(warp, clips_of(noisy), ctx)[0]
+    assert np.linalg.norm(kept) < 0.5 * np.linalg.norm(frozen)
+
+
 def test_reverse_static_concatenates_odd_and_weighted_even_parts(ctx: RunContext) -> None:
     train = small_analysed("train")
     odd = gradients(source(ctx, train, contrast="reverse", weighting="none"), train, ctx)[0]
@@ -88,6 +109,7 @@ def test_region_gradients_sum_to_the_whole_frame_gradient(ctx: RunContext, weigh
         ("regions", 0, "integer >= 1"),
         ("contrast_static_weight", -0.5, "number >= 0"),
         ("region_split", "pixels", "one of"),
+        ("still", "freeze", "one of"),
     ],
 )
 def test_bad_motion_options_name_the_field(field: str, value, allowed: str) -> None:

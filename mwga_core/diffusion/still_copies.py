@@ -1,0 +1,86 @@
+"""Still copies of clips: the same content with the motion taken out, for the ``static`` contrasts.
+
+Two ways (``gradient.still``):
+
+* ``repeat``: the middle frame repeated over the clip's length. Exact for a clean clip, but it also
+  freezes whatever changes from frame to frame without being motion: sensor noise becomes a fixed
+  pattern, which the model never saw, so G(x) - G(still) then measures "the noise moves" as much as
+  "the content moves".
+* ``warp``: every frame warped back onto the middle frame along the flow (Farnebäck, chained over
+  consecutive frames, so each step is small). The content stands still where the middle frame sees it,
+  and each frame keeps its own noise. Where a frame does not see a point of the middle frame (it left
+  the view), the middle frame's pixel is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: the ways :func:`still_frames` makes a still copy
+STILL_COPIES = ("repeat", "warp")
+
+# OpenCV's common Farnebäck parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags),
+# the defaults of motion=farneback
+_FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def repeated_middle_frames(frames: np.ndarray) -> np.ndarray:
+    """Each clip's middle frame repeated over its length. Shape: (N, T, H, W, C) -> (N, T, H, W, C)."""
+    middle = frames[:, frames.shape[1] // 2]
+    return np.repeat(middle[:, None], frames.shape[1], axis=1)
+
+
+def warped_to_middle_frames(frames: np.ndarray) -> np.ndarray:
+    """Each frame warped onto its clip's middle frame (see the module docstring).
+
+    Shape: (N, T, H, W, C) float in [0, 1] -> (N, T, H, W, C) float32; frame T // 2 is the clip's own.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    out = np.empty_like(frames)
+    for n, clip in enumerate(frames):
+        out[n] = _warped_clip(clip)
+    return out
+
+
+def _warped_clip(clip: np.ndarray) -> np.ndarray:
+    """One clip (T, H, W, C) warped onto its middle frame."""
+    import cv2
+
+    length, height, width = clip.shape[:3]
+    middle = length // 2
+    grey = np.clip(np.rint(clip.mean(axis=3) * 255.0), 0, 255).astype(np.uint8)
+    out = np.empty_like(clip)
+    out[middle] = clip[middle]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    for step in (1, -1):
+        # where each pixel of the middle frame is in frame t: followed one frame at a time
+        px, py = xs.copy(), ys.copy()
+        t = middle
+        while 0 <= t + step < length:
+            # Farnebäck finds a little flow (~0.05 px) between identical small frames: none is none
+            if not np.array_equal(grey[t], grey[t + step]):
+                flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + step], None, *_FARNEBACK)
+                moved = cv2.remap(flow, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                px, py = px + moved[..., 0], py + moved[..., 1]
+            t += step
+            out[t] = _sample(clip[t], px, py, clip[middle])
+    return out
+
+
+def _sample(frame: np.ndarray, px: np.ndarray, py: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``frame`` (H, W, C) read at the positions (px, py) (H, W), bilinear; ``fallback`` outside it."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    sampled = cv2.remap(frame, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sampled = sampled.reshape(frame.shape)
+    outside = (px < 0) | (px > width - 1) | (py < 0) | (py > height - 1)
+    sampled[outside] = fallback[outside]
+    return sampled
+
+
+def still_frames(frames: np.ndarray, how: str = "repeat") -> np.ndarray:
+    """The clips' still copies, made ``how`` (:data:`STILL_COPIES`). Shape: (N, T, H, W, C) -> same."""
+    if how == "warp":
+        return warped_to_middle_frames(frames)
+    return repeated_middle_frames(frames)
