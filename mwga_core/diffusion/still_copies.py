@@ -81,6 +81,8 @@ def _sample(frame: np.ndarray, px: np.ndarray, py: np.ndarray, fallback: np.ndar
 
 def still_frames(frames: np.ndarray, how: str = "repeat") -> np.ndarray:
     """The clips' still copies, made ``how`` (:data:`STILL_COPIES`). Shape: (N, T, H, W, C) -> same."""
+    if how not in STILL_COPIES:
+        raise ValueError(f"still copy {how!r}: expected one of {', '.join(STILL_COPIES)}")
     if how == "warp":
         return warped_to_middle_frames(frames)
     return repeated_middle_frames(frames)

@@ -79,3 +79,22 @@ def test_warp_works_on_colour_clips() -> None:
     warped = warped_to_middle_frames(colour)
     assert warped.shape == colour.shape
     np.testing.assert_array_equal(warped[:, MIDDLE], colour[:, MIDDLE])
+
+
+def test_warp_gives_the_same_frames_whatever_opencvs_thread_count() -> None:
+    rng = np.random.default_rng(3)
+    clip = np.clip(panning_clip(2) + rng.normal(0.0, 0.05, size=(1, FRAMES, SIZE, SIZE, 1)), 0, 1)
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = warped_to_middle_frames(clip)
+        cv2.setNumThreads(4)
+        four = warped_to_middle_frames(clip)
+    finally:
+        cv2.setNumThreads(threads)
+    np.testing.assert_array_equal(one, four)
+
+
+def test_an_unknown_still_copy_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="freeze.*repeat, warp"):
+        still_frames(panning_clip(1), "freeze")
