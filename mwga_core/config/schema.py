@@ -45,6 +45,7 @@ class CacheConfig:
 #: the methods ``mwga counterfactual`` scores by default (method presets, conf/method/)
 COUNTERFACTUAL_METHODS = (
     "ours",
+    "ours_influence",
     "motive",
     "trak",
     "dtrak",
