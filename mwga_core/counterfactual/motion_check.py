@@ -51,21 +51,26 @@ class ModelChecker:
     seconds: float = 0.0
     _train_descriptors: np.ndarray | None = field(default=None, repr=False)
 
-    def _describe(self, frames: np.ndarray) -> np.ndarray:
-        # check_motion describes the training clips on every call; they are the same for every model, and
-        # their flow is the costly part, so compute them once
-        if frames is self.train.frames:
-            if self._train_descriptors is None:
-                self._train_descriptors = self.describe(frames)
-            return self._train_descriptors
-        return self.describe(frames)
+    def train_descriptors(self) -> np.ndarray:
+        """``describe(train.frames)``, computed once: every model is classified against the same
+        training clips, and their flow is the costly part. Shape: (N, B)."""
+        if self._train_descriptors is None:
+            self._train_descriptors = self.describe(self.train.frames)
+        return self._train_descriptors
 
     def __call__(self, model: TrainedModel) -> MotionCheck:
         """The check of one model (its last checkpoint)."""
         start = time.perf_counter()
         names, context = self.class_names, self.context
         check = check_motion(
-            model, self.train, names, self.per_class, self.ctx, self._describe, context=context
+            model,
+            self.train,
+            names,
+            self.per_class,
+            self.ctx,
+            self.describe,
+            context=context,
+            train_descriptors=self.train_descriptors(),
         )
         self.checks += 1
         self.seconds += time.perf_counter() - start

@@ -93,15 +93,20 @@ def check_motion(
     ctx: RunContext,
     describe: Describer,
     context: ClipSet | None = None,
+    train_descriptors: np.ndarray | None = None,
 ) -> MotionCheck:
     """Sample ``per_class`` clips per class and classify them by nearest class-mean descriptor.
 
     ``describe``: the motion descriptors of clips (:func:`describe_motion`). ``context``: held-out clips
     whose first frames an image-to-video model continues (see :func:`sample_per_class`).
+    ``train_descriptors``: ``describe(train.frames)`` when the caller already has it (it checks several
+    models against the same training clips). Shape: (N, B).
     """
     require_conditional(model.adapter)
     classes = len(class_names)
-    train_desc = describe(train.frames).astype(np.float64)
+    if train_descriptors is None:
+        train_descriptors = describe(train.frames)
+    train_desc = np.asarray(train_descriptors, dtype=np.float64)
     means = np.stack([train_desc[train.labels == c].mean(axis=0) for c in range(classes)])
 
     def classify(desc: np.ndarray) -> np.ndarray:
