@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mwga_core.diffusion.still_copies import (
+    noise_level,
     repeated_middle_frames,
     still_frames,
     warped_to_middle_frames,
@@ -60,6 +61,36 @@ def test_warp_keeps_each_frames_noise() -> None:
     # the warp keeps it: frame-to-frame spread close to the noise's own (interpolation smooths a little)
     spread = float(np.median(warp.std(axis=1)))
     assert 0.6 * float(np.median(noisy.std(axis=1))) < spread
+
+
+def test_noise_level_reads_pixel_noise_and_not_a_smooth_texture() -> None:
+    rng = np.random.default_rng(4)
+    clean = np.repeat(texture(5)[None, :SIZE, :SIZE], FRAMES, axis=0)[..., None]
+    assert noise_level(clean) < 0.01  # the texture's own fine detail, well below the noise below
+    for sigma in (0.02, 0.05):
+        noisy = clean + rng.normal(0.0, sigma, size=clean.shape).astype(np.float32)
+        assert abs(noise_level(noisy) - sigma) < 0.15 * sigma
+
+
+def test_matched_noise_gives_the_warped_frames_back_their_noise() -> None:
+    rng = np.random.default_rng(6)
+    # a pan of half a pixel per frame: every other frame is read midway between pixels, where bilinear
+    # reading keeps 1/2 of the noise variance (1/4 midway between four pixels)
+    image = cv2.resize(texture(7), None, fx=2.0, fy=2.0, interpolation=cv2.INTER_LINEAR)
+    clip = np.stack([image[80 : 80 + SIZE, 80 - t : 80 - t + 2 * SIZE : 2] for t in range(FRAMES)])
+    clip = clip[None, ..., None] + rng.normal(0.0, 0.05, size=(1, FRAMES, SIZE, SIZE, 1))
+    clip = clip.astype(np.float32)
+    plain, matched = still_frames(clip, "warp"), still_frames(clip, "warp_matched_noise")
+    np.testing.assert_array_equal(matched[:, MIDDLE], clip[:, MIDDLE])
+    inner = np.s_[:, 8:-8, 8:-8]
+    lost, kept = [], []
+    for t in range(FRAMES):
+        if t != MIDDLE:
+            lost.append(noise_level(plain[0, t : t + 1][inner]))
+            kept.append(noise_level(matched[0, t : t + 1][inner]))
+    assert np.mean(lost) < 0.85 * 0.05  # the bilinear reading smooths the noise away
+    assert abs(np.mean(kept) - 0.05) < 0.1 * 0.05  # the matched copy has it back
+    np.testing.assert_array_equal(matched, still_frames(clip, "warp_matched_noise"))  # same clip, same noise
 
 
 @pytest.mark.parametrize("speed", [3])
