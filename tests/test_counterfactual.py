@@ -95,6 +95,12 @@ def test_lds_is_one_for_the_true_effects_minus_one_reversed_and_zero_for_random(
     assert 0.3 < noisy.mean() < 0.95
 
 
+def test_no_subsets_is_an_empty_draw() -> None:
+    subsets = draw_subsets(20, 0, 0.5, np.random.default_rng(0))
+    assert subsets.shape == (0, 10) and subsets.dtype == np.int64
+    assert subset_masks(subsets, 20).shape == (0, 20)
+
+
 def test_subsets_are_seeded_sorted_and_of_the_fraction() -> None:
     a = draw_subsets(20, 6, 0.5, np.random.default_rng(4))
     b = draw_subsets(20, 6, 0.5, np.random.default_rng(4))

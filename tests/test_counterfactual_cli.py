@@ -94,10 +94,13 @@ CONDITIONAL = [
 
 @pytest.mark.slow
 def test_a_conditional_model_reports_the_model_check_drop_of_each_removal(tmp_path: Path) -> None:
-    first = counterfactual(tmp_path / "one", tmp_path, *CONDITIONAL)
+    # counterfactual.subsets=0: the retraining protocol only, no subset model is trained
+    first = counterfactual(tmp_path / "one", tmp_path, *CONDITIONAL, "counterfactual.subsets=0")
     assert first.returncode == 0, first.stderr[-3000:]
     document = json.loads((tmp_path / "one" / "counterfactual.json").read_text())
     assert set(document) == UNCONDITIONAL_KEYS | {"full_model_check"}
+    assert document["lds"] == {} and document["subsets"] == []
+    assert "LDS: not run" in first.stdout and "LDS loss" not in (tmp_path / "one" / "table.md").read_text()
     full = document["full_model_check"]
     assert full["samples_per_class"] == 2 and len(full["accuracy"]) == 6
     rows = document["retrain"]["rows"]
@@ -118,7 +121,7 @@ def test_a_conditional_model_reports_the_model_check_drop_of_each_removal(tmp_pa
     assert "check drop" in (tmp_path / "one" / "table.md").read_text() and "check drop" in first.stdout
 
     # a rerun reads every model from the store and samples the same clips: the same checks, bit for bit
-    second = counterfactual(tmp_path / "two", tmp_path, *CONDITIONAL)
+    second = counterfactual(tmp_path / "two", tmp_path, *CONDITIONAL, "counterfactual.subsets=0")
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((tmp_path / "two" / "counterfactual.json").read_text())
     assert again["models"]["trained"] == 0
@@ -131,6 +134,10 @@ def test_counterfactual_refuses_a_bad_setting_before_any_work(tmp_path: Path) ->
     assert done.returncode == 2 and "counterfactual.timesteps" in done.stderr
     done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.check_per_class=0")
     assert done.returncode == 2 and "counterfactual.check_per_class=0" in done.stderr
+    done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.subsets=1")
+    assert done.returncode == 2 and "counterfactual.subsets=1" in done.stderr and "0 (no LDS)" in done.stderr
+    done = counterfactual(tmp_path / "bad", tmp_path, "counterfactual.subsets=0", "counterfactual.k=[]")
+    assert done.returncode == 2 and "nothing runs" in done.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.json"))
 
 

@@ -87,6 +87,14 @@ def check_settings(cf: CounterfactualConfig, diffusion_steps: int) -> None:
         )
     if any(k < 1 for k in cf.k):
         raise ConfigValueError("counterfactual.k", list(cf.k), "integers >= 1")
+    if cf.subsets == 1:  # a rank correlation over one subset is undefined
+        raise ConfigValueError("counterfactual.subsets", cf.subsets, "0 (no LDS) or at least 2")
+    if cf.subsets == 0 and not cf.k:
+        raise ConfigValueError(
+            "counterfactual.subsets",
+            cf.subsets,
+            "at least 2 when counterfactual.k is empty: else nothing runs",
+        )
 
 
 def retrain_query_indices(num_queries: int, wanted: int) -> list[int]:
@@ -181,6 +189,7 @@ def counterfactual_command(args: list[str]) -> int:
             for name in OUTPUT_NAMES
         }
         for method, method_scores_ in scores.items()
+        if len(subsets)  # counterfactual.subsets=0: the retraining protocol only, no LDS
     }
     full_model = retrainer.measure(np.arange(len(train)), check=checker is not None)
     full = full_model.outputs

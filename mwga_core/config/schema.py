@@ -60,8 +60,8 @@ COUNTERFACTUAL_METHODS = (
 class CounterfactualConfig:
     """``mwga counterfactual``: LDS over random training subsets and retraining without the top-k."""
 
-    #: random training subsets, one model trained on each (LDS)
-    subsets: int = field(default=32, metadata=at_least(2))
+    #: random training subsets, one model trained on each (LDS); 0 = no LDS (retraining protocol only)
+    subsets: int = field(default=32, metadata=at_least(0, note="0 = no LDS, else at least 2"))
     #: the fraction of the training clips in each subset
     fraction: float = field(default=0.5, metadata=satisfies(lambda v: 0 < v < 1, "a number in (0, 1)"))
     #: retrain without each query's top-k clips for each of these k (empty: no retraining protocol)

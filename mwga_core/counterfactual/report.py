@@ -84,9 +84,9 @@ def write_counterfactual_outputs(document: dict, folder: Path) -> None:
             )
     lds_headers = ["method", *(f"LDS {n}" for n in OUTPUT_NAMES)]
     summary = document["retrain"]["summary"]
+    lds_table = markdown_table(lds_headers, lds_rows(document["lds"])) if document["lds"] else ""
     (folder / TABLE_NAME).write_text(
-        markdown_table(lds_headers, lds_rows(document["lds"]))
-        + "\n"
+        (lds_table + "\n" if lds_table else "")
         + markdown_table(retrain_headers(summary), retrain_rows(summary))
     )
 
@@ -95,13 +95,16 @@ def print_counterfactual(document: dict, console: Console) -> None:
     """The LDS table (mean and bootstrap interval per method and output) and the retraining table."""
     level = document["settings"]["level"]
     subsets = document["settings"]["subsets"]
-    console.print(
-        rich_table(
-            f"LDS over {subsets} subsets (mean over queries, {level:.0%} bootstrap interval)",
-            ["method", *(f"LDS {n}" for n in OUTPUT_NAMES)],
-            lds_rows(document["lds"]),
+    if document["lds"]:
+        console.print(
+            rich_table(
+                f"LDS over {subsets} subsets (mean over queries, {level:.0%} bootstrap interval)",
+                ["method", *(f"LDS {n}" for n in OUTPUT_NAMES)],
+                lds_rows(document["lds"]),
+            )
         )
-    )
+    else:
+        console.print(f"[dim]LDS: not run (counterfactual.subsets={subsets})[/dim]")
     summary = document["retrain"]["summary"]
     checked = has_model_check(summary)
     if summary:

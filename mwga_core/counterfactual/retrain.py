@@ -109,7 +109,9 @@ class Retrainer:
 
 
 def subset_outputs(retrainer: Retrainer, subsets: np.ndarray) -> dict[str, np.ndarray]:
-    """Each subset model's outputs. Shape: subsets (S, m) -> name -> (S, Q) float64."""
+    """Each subset model's outputs. Shape: subsets (S, m) -> name -> (S, Q) float64 (S may be 0)."""
+    if len(subsets) == 0:
+        return {name: np.empty((0, len(retrainer.queries))) for name in OUTPUT_NAMES}
     rows = []
     with retrainer.ctx.progress("LDS subset models", len(subsets)) as progress:
         for indices in subsets:

@@ -11,6 +11,8 @@ def draw_subsets(num_clips: int, count: int, fraction: float, rng: np.random.Gen
     Shape: returns (count, m) int64 indices into the training clips.
     """
     size = max(1, int(round(fraction * num_clips)))
+    if count == 0:
+        return np.empty((0, size), dtype=np.int64)
     return np.stack([np.sort(rng.choice(num_clips, size=size, replace=False)) for _ in range(count)])
 
 
