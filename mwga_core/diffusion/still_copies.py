@@ -72,7 +72,7 @@ def _warped_clip(clip: np.ndarray, matched_noise: bool = False) -> np.ndarray:
     out[middle] = clip[middle]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     sigma = noise_level(clip) if matched_noise else 0.0
-    rng = np.random.default_rng(zlib.crc32(clip.tobytes()))
+    rng = np.random.default_rng(zlib.crc32(clip.tobytes())) if sigma > 0 else None
     for step in (1, -1):
         # where each pixel of the middle frame is in frame t: followed one frame at a time
         px, py = xs.copy(), ys.copy()
