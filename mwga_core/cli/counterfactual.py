@@ -178,19 +178,20 @@ def counterfactual_command(args: list[str]) -> int:
         parallel = pretrain_in_parallel(adapter, train, needed, retrainer.num_classes, ctx, cf.workers)
     outputs = subset_outputs(retrainer, subsets)  # name -> (S, Q)
     masks = subset_masks(subsets, len(train))
-    lds = {
-        method: {
-            name: lds_summary(
-                lds_per_query(method_scores_, masks, outputs[name]),
-                cf.bootstrap,
-                cf.level,
-                ctx.rng("counterfactual-bootstrap", method, name),
-            )
-            for name in OUTPUT_NAMES
+    lds: dict[str, dict[str, dict]] = {}  # stays empty for counterfactual.subsets=0 (no LDS)
+    if len(subsets):
+        lds = {
+            method: {
+                name: lds_summary(
+                    lds_per_query(method_scores_, masks, outputs[name]),
+                    cf.bootstrap,
+                    cf.level,
+                    ctx.rng("counterfactual-bootstrap", method, name),
+                )
+                for name in OUTPUT_NAMES
+            }
+            for method, method_scores_ in scores.items()
         }
-        for method, method_scores_ in scores.items()
-        if len(subsets)  # counterfactual.subsets=0: the retraining protocol only, no LDS
-    }
     full_model = retrainer.measure(np.arange(len(train)), check=checker is not None)
     full = full_model.outputs
     rows: list[dict] = []

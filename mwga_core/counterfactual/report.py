@@ -84,11 +84,9 @@ def write_counterfactual_outputs(document: dict, folder: Path) -> None:
             )
     lds_headers = ["method", *(f"LDS {n}" for n in OUTPUT_NAMES)]
     summary = document["retrain"]["summary"]
-    lds_table = markdown_table(lds_headers, lds_rows(document["lds"])) if document["lds"] else ""
-    (folder / TABLE_NAME).write_text(
-        (lds_table + "\n" if lds_table else "")
-        + markdown_table(retrain_headers(summary), retrain_rows(summary))
-    )
+    tables = [markdown_table(lds_headers, lds_rows(document["lds"]))] if document["lds"] else []
+    tables.append(markdown_table(retrain_headers(summary), retrain_rows(summary)))
+    (folder / TABLE_NAME).write_text("\n".join(tables))
 
 
 def print_counterfactual(document: dict, console: Console) -> None:
