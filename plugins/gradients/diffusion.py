@@ -128,7 +128,8 @@ class DiffusionGradientConfig(GradientConfig):
     contrast_static_weight: float = field(default=0.4, metadata=at_least(0))
     #: how the static contrasts' still copy is made: repeat (the middle frame repeated), warp (each frame
     #: warped onto the middle frame along its flow: keeps per-frame noise) or warp_matched_noise (warp,
-    #: plus the noise variance the bilinear reading lost: for noisy footage)
+    #: plus the noise variance the bilinear reading lost, at the clip's noise level read from time: for
+    #: noisy footage)
     still: str = field(default="repeat", metadata=one_of(*STILL_COPIES))
     #: split the loss into regions x regions spatial cells and concatenate their gradients (1 = whole frame)
     regions: int = field(default=1, metadata=at_least(1))
