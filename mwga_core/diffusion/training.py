@@ -20,7 +20,7 @@ from mwga_core.api.context import RunContext
 from mwga_core.api.errors import ConfigValueError
 from mwga_core.api.models import ModelAdapter, ModelCannotTrainError
 from mwga_core.diffusion.model_inputs import encode_clips
-from mwga_core.storage.keys import clips_fingerprint, entry_key, module_source_hash, plain
+from mwga_core.storage.keys import clips_fingerprint, entry_key, modules_version, plain
 
 #: bump when the checkpoint layout or the meaning of the training loop changes
 TRAINING_FORMAT = 4
@@ -35,8 +35,8 @@ def training_key(adapter: ModelAdapter, clips: ClipSet, num_classes: int, seed: 
     """The model store key of the model :func:`train_denoiser` makes from these inputs.
 
     It hashes the training clips' content, the seed, the model config without the sampling-only fields
-    (:data:`SAMPLING_FIELDS`: changing them reuses the trained model), the adapter's and this trainer's
-    source code and :data:`TRAINING_FORMAT`.
+    (:data:`SAMPLING_FIELDS`: changing them reuses the trained model), the source code of the adapter,
+    of this trainer and of the project modules they import, and :data:`TRAINING_FORMAT`.
     """
     config = {k: v for k, v in plain(adapter.config).items() if k not in SAMPLING_FIELDS}
     return entry_key(
@@ -49,7 +49,7 @@ def training_key(adapter: ModelAdapter, clips: ClipSet, num_classes: int, seed: 
         extra={
             "adapter": type(adapter).__qualname__,
             "num_classes": int(num_classes),
-            "trainer": module_source_hash(__name__),
+            "trainer": modules_version(__name__),
         },
     )
 

@@ -9,7 +9,9 @@ A key is a short hex hash of a JSON payload (:func:`entry_key`)::
 * ``inputs``: the keys of what it was computed from (other entries' keys, or :func:`clips_fingerprint`),
   so keys form a chain and a change anywhere upstream changes every key downstream.
 * ``code``: :func:`code_version` of the producing components, a hash of the source file of every module
-  that defines one of their classes or base classes: editing a component's module changes its keys.
+  that defines one of their classes or base classes, and of every project module those import
+  (:mod:`mwga_core.storage.imported_modules`): editing a component's module, or a helper it calls,
+  changes its keys.
 * ``seed``: the run seed (anything may draw random numbers from it).
 * ``format_version``: the store's own layout version; bump it when what it writes changes meaning.
 
@@ -21,11 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import inspect
 import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mwga_core import __version__
 from mwga_core.api.clips import ClipSet
+from mwga_core.storage.imported_modules import imported_project_modules, module_file
 
 #: hex digits = 2 * bytes; 12 bytes (24 hex digits) make a collision practically impossible
 KEY_BYTES = 12
@@ -57,28 +57,35 @@ def digest(data: Any, size: int = KEY_BYTES) -> str:
 def module_source_hash(module_name: str) -> str:
     """A short hash of a module's source file; "" when it has none (built-in, compiled).
 
+    The file is found without importing the module (:func:`~mwga_core.storage.imported_modules.module_file`).
     Cached per process: a module edited while a process runs is hashed as it was first read.
     """
-    module = sys.modules.get(module_name)
     try:
-        path = inspect.getsourcefile(module) if module is not None else None
-        return hashlib.blake2b(Path(path).read_bytes(), digest_size=6).hexdigest() if path else ""
-    except (OSError, TypeError):
+        path = module_file(module_name)
+        return hashlib.blake2b(path.read_bytes(), digest_size=6).hexdigest() if path else ""
+    except OSError:
         return ""
 
 
 def code_version(*components: object) -> dict[str, str]:
-    """``module -> source hash`` of the modules defining the components' classes and base classes.
+    """``module -> source hash`` of the modules defining the components' classes and base classes, and of
+    every project module they import, directly or through others.
 
     None entries are skipped, so ``code_version(gradient, model)`` works for sources without a model.
     """
-    modules = {
+    class_modules = {
         cls.__module__
         for component in components
         if component is not None
         for cls in type(component).__mro__
         if cls.__module__ not in ("builtins", "abc", "typing")
     }
+    return modules_version(*class_modules)
+
+
+def modules_version(*module_names: str) -> dict[str, str]:
+    """``module -> source hash`` of the named modules and every project module they import."""
+    modules = set().union(*(imported_project_modules(name) for name in module_names))
     return {name: module_source_hash(name) for name in sorted(modules)}
 
 

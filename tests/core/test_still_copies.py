@@ -67,7 +67,9 @@ def wavelet_noise_level(frames: np.ndarray) -> float:
     """Donoho's spatial estimate, for measuring the noise of single frames here: the median absolute
     finest diagonal Haar coefficient / 0.6745. Shape: (..., H, W, C) with even H, W -> a float."""
     f = frames
-    diagonal = (f[..., 0::2, 0::2, :] - f[..., 1::2, 0::2, :] - f[..., 0::2, 1::2, :] + f[..., 1::2, 1::2, :]) / 2
+    diagonal = (
+        f[..., 0::2, 0::2, :] - f[..., 1::2, 0::2, :] - f[..., 0::2, 1::2, :] + f[..., 1::2, 1::2, :]
+    ) / 2
     return float(np.median(np.abs(diagonal)) / 0.6745)
 
 
