@@ -63,8 +63,6 @@ def noise_level(clip: np.ndarray) -> float:
     diagonal Haar coefficients, 0.050 for both on ``noisy`` (docs/evaluation.md).
 
     Shape: clip (T, H, W, C) float in [0, 1], T >= 2 -> a float; 0.0 for a single frame."""
-    import cv2
-
     length, height, width = clip.shape[:3]
     if length < 2:
         return 0.0
@@ -72,14 +70,11 @@ def noise_level(clip: np.ndarray) -> float:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     residuals, kept = [], []
     for t in range(length - 1):
-        if np.array_equal(grey[t], grey[t + 1]):
-            px, py = xs, ys
-        else:
-            flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + 1], None, *_FARNEBACK)
-            px, py = xs + flow[..., 0], ys + flow[..., 1]
-        seen = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
-        following = cv2.remap(clip[t + 1], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        residuals.append((following.reshape(clip[t].shape) - clip[t])[seen].ravel())
+        flow = _flow(grey[t], grey[t + 1])
+        px, py = (xs, ys) if flow is None else (xs + flow[..., 0], ys + flow[..., 1])
+        seen = ~_outside(px, py, width, height)
+        following = _sample(clip[t + 1], px, py, clip[t])
+        residuals.append((following - clip[t])[seen].ravel())
         kept.append(np.repeat(_kept_noise_variance(px, py, width, height)[seen], clip.shape[3]))
     residual = np.concatenate(residuals)
     if residual.size == 0:
@@ -91,6 +86,22 @@ def noise_level(clip: np.ndarray) -> float:
 def _grey(clip: np.ndarray) -> np.ndarray:
     """The clip as 8-bit grey frames for Farnebäck. Shape: (T, H, W, C) -> (T, H, W) uint8."""
     return np.clip(np.rint(clip.mean(axis=3) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _flow(first: np.ndarray, second: np.ndarray) -> np.ndarray | None:
+    """Farnebäck flow from one grey frame to the next, (H, W) uint8 x 2 -> (H, W, 2) float32; None for
+    identical frames (Farnebäck finds a little flow, ~0.05 px, between identical small frames: none is
+    none)."""
+    import cv2
+
+    if np.array_equal(first, second):
+        return None
+    return cv2.calcOpticalFlowFarneback(first, second, None, *_FARNEBACK)
+
+
+def _outside(px: np.ndarray, py: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Where the read positions (px, py) (H, W) fall outside a width x height frame, (H, W) bool."""
+    return (px < 0) | (px > width - 1) | (py < 0) | (py > height - 1)
 
 
 def _warped_clip(clip: np.ndarray, matched_noise: bool = False) -> np.ndarray:
@@ -111,9 +122,8 @@ def _warped_clip(clip: np.ndarray, matched_noise: bool = False) -> np.ndarray:
         px, py = xs.copy(), ys.copy()
         t = middle
         while 0 <= t + step < length:
-            # Farnebäck finds a little flow (~0.05 px) between identical small frames: none is none
-            if not np.array_equal(grey[t], grey[t + step]):
-                flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + step], None, *_FARNEBACK)
+            flow = _flow(grey[t], grey[t + step])
+            if flow is not None:
                 moved = cv2.remap(flow, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 px, py = px + moved[..., 0], py + moved[..., 1]
             t += step
@@ -129,8 +139,7 @@ def _kept_noise_variance(px: np.ndarray, py: np.ndarray, width: int, height: int
     squared weights (1 at whole pixels, 1/4 midway between four). 1 where the fallback is read."""
     fx, fy = px - np.floor(px), py - np.floor(py)
     kept = ((1 - fx) ** 2 + fx**2) * ((1 - fy) ** 2 + fy**2)
-    outside = (px < 0) | (px > width - 1) | (py < 0) | (py > height - 1)
-    return np.where(outside, 1.0, kept).astype(np.float32)
+    return np.where(_outside(px, py, width, height), 1.0, kept).astype(np.float32)
 
 
 def _sample(frame: np.ndarray, px: np.ndarray, py: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -140,7 +149,7 @@ def _sample(frame: np.ndarray, px: np.ndarray, py: np.ndarray, fallback: np.ndar
     height, width = frame.shape[:2]
     sampled = cv2.remap(frame, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     sampled = sampled.reshape(frame.shape)
-    outside = (px < 0) | (px > width - 1) | (py < 0) | (py > height - 1)
+    outside = _outside(px, py, width, height)
     sampled[outside] = fallback[outside]
     return sampled
 
